@@ -1,0 +1,87 @@
+"""Connecting to Redis: the URL (given or embedded), a resilient client, a safety check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+
+from ferry.embedded import EmbeddedValkey, start_or_share
+from ferry.settings import Settings
+
+# Redis errors that mean "not reachable right now": wait and try again, never give up.
+UNAVAILABLE = (ConnectionError, TimeoutError, OSError)
+
+# Blocking reads (BLMOVE) wait at most this long, well under the socket timeout.
+SOCKET_TIMEOUT_SECONDS = 10.0
+
+
+def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedValkey | None]:
+    """REDIS_URL, or the embedded Valkey of FERRY_HOME (started if this is the first process)."""
+    if settings.redis_url:
+        return settings.redis_url, None
+    return start_or_share(settings.home)
+
+
+def connect(url: str) -> Redis:
+    """A client that retries a failed command a few times with jittered backoff.
+
+    Longer outages surface as errors; the loops that call Redis keep retrying them.
+    """
+    return Redis.from_url(
+        url,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=5.0,
+        socket_keepalive=True,
+        health_check_interval=15,
+        retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=3),
+        retry_on_error=[ConnectionError, TimeoutError],
+    )
+
+
+class UnsafeRedis(Exception):
+    """The server may drop queued messages; the message says why and how to override."""
+
+
+@dataclass
+class ServerCheck:
+    """What ferry found out about the server it is about to trust with messages."""
+
+    warnings: list[str] = field(default_factory=list)
+
+
+async def check_server(redis: Redis, allow_eviction: bool) -> ServerCheck:
+    """Refuse an evicting maxmemory-policy (it drops queued messages); warn about no persistence."""
+    check = ServerCheck()
+    try:
+        config = await redis.config_get("maxmemory-policy")
+        config.update(await redis.config_get("appendonly"))
+        config.update(await redis.config_get("save"))
+    except ResponseError:
+        # Managed services often disable CONFIG; ferry cannot tell, so it says so.
+        check.warnings.append("cannot read the server's CONFIG: check that maxmemory-policy is noeviction")
+        return check
+    policy = _text(config.get(b"maxmemory-policy", config.get("maxmemory-policy", b"")))
+    if policy and policy != "noeviction":
+        message = (
+            f"Redis maxmemory-policy is {policy}: it may evict queued messages. "
+            "Set it to noeviction, or FERRY_ALLOW_EVICTING_REDIS=true to run anyway"
+        )
+        if not allow_eviction:
+            raise UnsafeRedis(message)
+        check.warnings.append(message)
+    appendonly = _text(config.get(b"appendonly", config.get("appendonly", b"")))
+    save = _text(config.get(b"save", config.get("save", b"")))
+    if appendonly != "yes" and not save.strip():
+        check.warnings.append(
+            "Redis keeps nothing on disk (appendonly no, no save points): "
+            "a Redis restart loses every queued message"
+        )
+    return check
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,64 @@
+"""Every Redis key ferry uses, built in one place.
+
+`message_queue` keeps the guide's name so `LLEN message_queue` stays the backlog.
+Every other key carries the `{message_queue}` hash tag: all of them live in one
+Redis Cluster slot, so each multi-key Lua script stays legal on a cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The keys of one queue; another queue name means another independent group."""
+
+    queue: str = "message_queue"
+
+    @property
+    def tag(self) -> str:
+        return "{" + self.queue + "}"
+
+    @property
+    def message_prefix(self) -> str:
+        """Prefix of the hash that holds one message: body, status, attempts."""
+        return f"{self.tag}:msg:"
+
+    @property
+    def in_flight_prefix(self) -> str:
+        """Prefix of the list of ids a worker has claimed and not yet settled."""
+        return f"{self.tag}:inflight:"
+
+    @property
+    def heartbeat_prefix(self) -> str:
+        """Prefix of the key whose TTL is a worker's lease on its in-flight list."""
+        return f"{self.tag}:heartbeat:"
+
+    @property
+    def idempotency_prefix(self) -> str:
+        return f"{self.tag}:idem:"
+
+    @property
+    def retry(self) -> str:
+        """Sorted set of ids waiting for another attempt, scored by due time (ms)."""
+        return f"{self.tag}:retry"
+
+    @property
+    def dead(self) -> str:
+        """List of ids that will not be delivered without an operator's replay."""
+        return f"{self.tag}:dead"
+
+    @property
+    def workers(self) -> str:
+        """Set of worker ids that may hold in-flight lists (what the reaper scans)."""
+        return f"{self.tag}:workers"
+
+    def message(self, message_id: str) -> str:
+        return self.message_prefix + message_id
+
+    def in_flight(self, worker_id: str) -> str:
+        return self.in_flight_prefix + worker_id
+
+    def heartbeat(self, worker_id: str) -> str:
+        return self.heartbeat_prefix + worker_id

@@ -1,0 +1,19 @@
+-- fail: an attempt failed. Schedule the next one (due time given) or, with no
+-- due time, bury the message in the dead-letter list. Only the worker that still
+-- holds the id may move it: if the reaper took it back meanwhile, the message
+-- is already queued elsewhere and moving it again would make two copies.
+-- KEYS[1] in-flight list, KEYS[2] retry schedule, KEYS[3] dead-letter list, KEYS[4] message hash
+-- ARGV: id, now (ms), error, due (ms, '' to bury)
+local id, now, error, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('LREM', KEYS[1], -1, id) == 0 then return 0 end
+if redis.call('HGET', KEYS[4], 'status') == 'delivered' then return 0 end
+if due ~= '' then
+  redis.call('ZADD', KEYS[2], due, id)
+  redis.call('HSET', KEYS[4], 'status', 'retrying', 'last_error', error, 'next_attempt_at', due, 'updated_at', now)
+else
+  redis.call('LPUSH', KEYS[3], id)
+  redis.call('HSET', KEYS[4], 'status', 'dead', 'last_error', error, 'updated_at', now)
+  redis.call('HDEL', KEYS[4], 'next_attempt_at')
+end
+redis.call('HDEL', KEYS[4], 'worker')
+return 1

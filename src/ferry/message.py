@@ -1,0 +1,84 @@
+"""A message as ferry stores, claims and reports it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+import uuid_utils
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    DELIVERING = "delivering"
+    RETRYING = "retrying"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+
+
+def new_message_id() -> str:
+    """A time-sortable id (UUIDv7): ids sort by arrival, and say when they were made."""
+    return str(uuid_utils.uuid7())
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """What a client handed in, before it is stored."""
+
+    id: str
+    body: bytes
+    content_type: str
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message claimed by a worker for one delivery attempt."""
+
+    id: str
+    body: bytes
+    content_type: str
+    attempt: int
+    created_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStatus:
+    """Where a message is and how its delivery went, as the status API reports it."""
+
+    id: str
+    status: Status
+    attempts: int
+    returns: int
+    last_error: str | None
+    created_at_ms: int
+    updated_at_ms: int
+    next_attempt_at_ms: int | None
+    delivered_at_ms: int | None
+
+    @classmethod
+    def from_hash(cls, message_id: str, fields: dict[bytes, bytes]) -> MessageStatus:
+        def text(name: str) -> str | None:
+            value = fields.get(name.encode())
+            return value.decode(errors="replace") if value is not None else None
+
+        def number(name: str) -> int | None:
+            value = fields.get(name.encode())
+            return int(value) if value is not None else None
+
+        return cls(
+            id=message_id,
+            status=Status(text("status")),
+            attempts=number("attempts") or 0,
+            returns=number("returns") or 0,
+            last_error=text("last_error") or None,
+            created_at_ms=number("created_at") or 0,
+            updated_at_ms=number("updated_at") or 0,
+            next_attempt_at_ms=number("next_attempt_at"),
+            delivered_at_ms=number("delivered_at"),
+        )

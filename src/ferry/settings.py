@@ -1,0 +1,227 @@
+"""The one settings model: flag > environment > ferry.toml > default.
+
+Environment names are the guide's (``REDIS_URL``, ``WORKER_CONCURRENCY``...) and
+``FERRY_*`` for what the guide does not name; users rely on them, so each field
+names its variable explicitly.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "FERRY_CONFIG"
+DEFAULT_CONFIG_FILE = "ferry.toml"
+
+
+def env(name: str, description: str, default: Any = None, **constraints: Any) -> Any:
+    """A field read from the environment variable `name`, or from `name` lower-cased in ferry.toml."""
+    return Field(
+        default,
+        validation_alias=AliasChoices(name, name.lower()),
+        description=description,
+        **constraints,
+    )
+
+
+class Settings(BaseSettings):
+    """Every knob of ferry, for every command."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False,
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # Redis and the main server
+    redis_url: str | None = env(
+        "REDIS_URL", "Redis/Valkey URL; unset means ferry runs its embedded Valkey."
+    )
+    main_server_url: str | None = env(
+        "MAIN_SERVER_URL", "Where workers POST each message (http:// or https://)."
+    )
+    main_server_ca_file: Path | None = env(
+        "MAIN_SERVER_CA_FILE", "CA bundle that verifies the main server's certificate."
+    )
+    main_server_cert_file: Path | None = env(
+        "MAIN_SERVER_CERT_FILE", "Client certificate for mTLS to the main server."
+    )
+    main_server_key_file: Path | None = env(
+        "MAIN_SERVER_KEY_FILE", "Private key of the client certificate."
+    )
+
+    # Workers (the guide's names and defaults)
+    worker_concurrency: int = env("WORKER_CONCURRENCY", "Concurrent deliveries per worker.", 4, ge=1, le=10000)
+    worker_retry_interval: float = env(
+        "WORKER_RETRY_INTERVAL", "Seconds between delivery attempts (the base with backoff).", 30.0, gt=0
+    )
+    worker_max_attempts: int = env(
+        "WORKER_MAX_ATTEMPTS", "Delivery attempts before a message is dead-lettered.", 10000, ge=1
+    )
+    worker_id: str = env("WORKER_ID", "This worker's name (default: host-pid).", "")
+    worker_metrics_port: int = env(
+        "WORKER_METRICS_PORT", "Port of the worker's /metrics (0: off).", 9100, ge=0, le=65535
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = env(
+        "LOG_LEVEL", "Log level.", "INFO"
+    )
+
+    # Proxy
+    proxy_port: int = env("PROXY_PORT", "Port the proxy listens on.", 8001, ge=1, le=65535)
+    proxy_certfile: Path | None = env("PROXY_CERTFILE", "The proxy's TLS certificate (PEM).")
+    proxy_keyfile: Path | None = env("PROXY_KEYFILE", "The proxy's TLS private key (PEM).")
+
+    # ferry's own
+    home: Path = env("FERRY_HOME", "Data, embedded Valkey and dev certificates.", Path(".ferry"))
+    api_keys: str = env("FERRY_API_KEYS", "Comma-separated API keys accepted by the proxy.", "")
+    lease_seconds: float = env(
+        "FERRY_LEASE_SECONDS",
+        "How long a silent worker keeps its in-flight messages before others take them back.",
+        30.0,
+        gt=0,
+    )
+    max_body_bytes: int = env("FERRY_MAX_BODY_BYTES", "Largest message body accepted.", 1 << 20, ge=1)
+    max_batch: int = env("FERRY_MAX_BATCH", "Most messages in one batch request.", 100, ge=1)
+    max_queue_size: int = env(
+        "FERRY_MAX_QUEUE_SIZE", "Queue length past which the proxy answers 503 (0: no cap).", 0, ge=0
+    )
+    durability: Literal["normal", "strict"] = env(
+        "FERRY_DURABILITY", "strict: fsync to the AOF (WAITAOF) before answering 202.", "normal"
+    )
+    signing_secret: str | None = env(
+        "FERRY_SIGNING_SECRET", "Standard Webhooks secret (whsec_<base64>) that signs deliveries."
+    )
+    delivery_timeout_seconds: float = env(
+        "FERRY_DELIVERY_TIMEOUT_SECONDS", "Time allowed for one delivery attempt.", 30.0, gt=0
+    )
+    retry_backoff: Literal["fixed", "exponential"] = env(
+        "FERRY_RETRY_BACKOFF", "fixed: the retry interval every time; exponential: doubling, jittered.", "fixed"
+    )
+    retry_max_interval_seconds: float = env(
+        "FERRY_RETRY_MAX_INTERVAL_SECONDS", "Cap on one wait between attempts (backoff, Retry-After).", 86400.0, gt=0
+    )
+    max_returns: int = env(
+        "FERRY_MAX_RETURNS",
+        "Times a message may be taken back from dead workers before it is dead-lettered (poison pill).",
+        3,
+        ge=1,
+    )
+    status_ttl_seconds: int = env(
+        "FERRY_STATUS_TTL_SECONDS", "How long a delivered message's status stays readable.", 7 * 86400, ge=1
+    )
+    shutdown_grace_seconds: float = env(
+        "FERRY_SHUTDOWN_GRACE_SECONDS", "On SIGTERM, time given to in-flight deliveries.", 25.0, ge=0
+    )
+    allow_evicting_redis: bool = env(
+        "FERRY_ALLOW_EVICTING_REDIS",
+        "Run even when Redis may evict keys (maxmemory-policy other than noeviction).",
+        False,
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = Path(os.environ.get(CONFIG_FILE_ENV, DEFAULT_CONFIG_FILE))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, config_file))
+
+    @field_validator("worker_id")
+    @classmethod
+    def _default_worker_id(cls, value: str) -> str:
+        return value or f"{socket.gethostname()}-{os.getpid()}"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value or None
+
+    @field_validator("main_server_url")
+    @classmethod
+    def _check_main_server_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value or None
+
+    @field_validator("main_server_ca_file", "main_server_cert_file", "main_server_key_file")
+    @classmethod
+    def _file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _check_signing_secret(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith("whsec_"):
+            raise ValueError("must be whsec_ followed by base64")
+        try:
+            base64.b64decode(value.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            raise ValueError("must be whsec_ followed by base64") from None
+        return value
+
+    @model_validator(mode="after")
+    def _cert_needs_key(self) -> Settings:
+        if bool(self.main_server_cert_file) != bool(self.main_server_key_file):
+            raise ValueError("MAIN_SERVER_CERT_FILE and MAIN_SERVER_KEY_FILE go together")
+        return self
+
+    @property
+    def signing_key(self) -> bytes | None:
+        """The raw HMAC key of the Standard Webhooks secret."""
+        if self.signing_secret is None:
+            return None
+        return base64.b64decode(self.signing_secret.removeprefix("whsec_"))
+
+
+class SettingsError(Exception):
+    """A setting is wrong; the message is one line naming it."""
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable that sets `field_name`."""
+    field = Settings.model_fields[field_name]
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return field_name.upper()
+
+
+def load_settings(**flags: Any) -> Settings:
+    """Settings from flags (None means not given), the environment and ferry.toml."""
+    given = {env_name(name): value for name, value in flags.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    location = first["loc"][0] if first["loc"] else ""
+    name = env_name(str(location)) if str(location) in Settings.model_fields else str(location)
+    if not location:
+        return f"invalid settings: {first['msg'].removeprefix('Value error, ')}"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"invalid setting {name}: {first['msg'].removeprefix('Value error, ')}{shown}"

