@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-import redis
-
-from ferry.connection import connect
-from ferry.message import NewMessage, new_message_id
-from ferry.queue import Queue
 from tests.support.certs import CertFiles, make_certs
 from tests.support.processes import FerryProcess, Sink
 from tests.support.servers import RedisProcess, free_port
@@ -99,26 +93,3 @@ def start_worker(tmp_path: Path, certs: CertFiles) -> Iterator[Callable[..., Fer
     yield start
     for worker in workers:
         worker.kill()
-
-
-def enqueue(redis_url: str, bodies: list[bytes], content_type: str = "application/json") -> list[str]:
-    """Queue messages the way the proxy does; returns their ids."""
-
-    async def go() -> list[str]:
-        client = connect(redis_url)
-        try:
-            queue = Queue(client)
-            messages = [NewMessage(new_message_id(), body, content_type) for body in bodies]
-            results = []
-            for start in range(0, len(messages), 500):
-                results += await queue.enqueue(messages[start : start + 500])
-            assert all(result.outcome == "queued" for result in results)
-            return [result.id for result in results]
-        finally:
-            await client.aclose()
-
-    return asyncio.run(go())
-
-
-def redis_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)

@@ -1,0 +1,98 @@
+"""The `ferry` command: flags become settings, then the library does the work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from ferry.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    name="ferry",
+    help="A store-and-forward HTTPS message broker on Redis.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"ferry: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings(**flags: Any) -> Settings:
+    try:
+        return load_settings(**flags)
+    except SettingsError as error:
+        _fail(str(error))
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Concurrent deliveries [env WORKER_CONCURRENCY, 4].")] = None,
+    retry_interval: Annotated[float | None, typer.Option(help="Seconds between attempts [env WORKER_RETRY_INTERVAL, 30].")] = None,
+    max_attempts: Annotated[int | None, typer.Option(help="Attempts before dead-lettering [env WORKER_MAX_ATTEMPTS, 10000].")] = None,
+    worker_id: Annotated[str | None, typer.Option(help="This worker's name [env WORKER_ID, host-pid].")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Port of /metrics, 0 for none [env WORKER_METRICS_PORT, 9100].")] = None,
+    main_server_url: Annotated[str | None, typer.Option(help="Where to deliver [env MAIN_SERVER_URL].")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL [env REDIS_URL; unset: embedded Valkey].")] = None,
+    log_level: Annotated[str | None, typer.Option(help="Log level [env LOG_LEVEL, INFO].")] = None,
+) -> None:
+    """One worker process: take messages off the queue and deliver them to the main server."""
+    from ferry.worker import run_worker
+
+    settings = _settings(
+        worker_concurrency=concurrency,
+        worker_retry_interval=retry_interval,
+        worker_max_attempts=max_attempts,
+        worker_id=worker_id,
+        worker_metrics_port=metrics_port,
+        main_server_url=main_server_url,
+        redis_url=redis_url,
+        log_level=log_level.upper() if log_level else None,
+    )
+    if settings.main_server_url is None:
+        _fail("invalid setting MAIN_SERVER_URL: required by the worker (where to deliver)")
+    raise typer.Exit(run_worker(settings))
+
+
+@app.command()
+def sink(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    db: Annotated[Path | None, typer.Option(help="SQLite file [FERRY_HOME/sink.db].")] = None,
+    certfile: Annotated[Path | None, typer.Option(help="TLS certificate: serve HTTPS.")] = None,
+    keyfile: Annotated[Path | None, typer.Option(help="TLS private key.")] = None,
+    client_ca: Annotated[Path | None, typer.Option(help="Require client certificates signed by this CA (mTLS).")] = None,
+    fail_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of deliveries answered with --status.")] = 0.0,
+    status: Annotated[int, typer.Option(min=100, max=599, help="Status of a failed delivery.")] = 503,
+    latency_ms: Annotated[float, typer.Option(min=0.0, help="Delay before each answer.")] = 0.0,
+    retry_after: Annotated[float | None, typer.Option(help="Retry-After (s) sent with failures.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="Log level [env LOG_LEVEL, INFO].")] = None,
+) -> None:
+    """The reference main server: stores each delivery once by X-Message-Id, with fault injection."""
+    from ferry.sink import SinkConfig, run
+
+    settings = _settings(log_level=log_level.upper() if log_level else None)
+    if (certfile is None) != (keyfile is None):
+        _fail("--certfile and --keyfile go together")
+    if client_ca is not None and certfile is None:
+        _fail("--client-ca needs --certfile and --keyfile (mTLS is on top of TLS)")
+    run(
+        SinkConfig(
+            host=host,
+            port=port,
+            db_path=db or settings.home / "sink.db",
+            certfile=certfile,
+            keyfile=keyfile,
+            client_ca=client_ca,
+            fail_rate=fail_rate,
+            fail_status=status,
+            latency_ms=latency_ms,
+            retry_after_seconds=retry_after,
+            log_level=settings.log_level,
+        )
+    )

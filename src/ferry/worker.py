@@ -1,0 +1,325 @@
+"""The worker: C concurrent deliveries from the queue to the main server.
+
+Retry state lives in Redis, never here: a worker holds only what it is delivering
+right now, under a lease it renews from a task of its own. Killed, it loses
+nothing (the reaper of any other worker gives its messages back); stopped, it
+finishes or gives back what it holds before it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+from prometheus_client import start_http_server
+
+from ferry.connection import UNAVAILABLE, UnsafeRedis, check_server, connect, resolve_redis_url
+from ferry.delivery import Deliverer, Outcome, Verdict
+from ferry.logs import configure, get_logger
+from ferry.message import Message, now_ms
+from ferry.metrics import WorkerMetrics
+from ferry.queue import Queue
+from ferry.retry_policy import next_delay_seconds
+from ferry.settings import Settings
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+# How long an idle worker waits on BLMOVE before it looks around (shutdown, retries).
+BLOCK_SECONDS = 1.0
+# How often due retries are moved back to the queue.
+PROMOTE_EVERY_SECONDS = 0.5
+# Reconnect backoff while Redis is away: from the first value, doubling to the cap.
+RECONNECT_FIRST_SECONDS = 0.1
+RECONNECT_CAP_SECONDS = 5.0
+
+
+class RedisAway:
+    """Backs off while Redis is unreachable, and logs the outage once, not per try."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+        self.failures = 0
+
+    async def wait(self, error: BaseException) -> None:
+        if self.failures == 0:
+            log.warning("redis unavailable, retrying", error=str(error))
+        self.failures += 1
+        self.metrics.redis_up.set(0)
+        delay = min(RECONNECT_CAP_SECONDS, RECONNECT_FIRST_SECONDS * 2 ** min(self.failures, 10))
+        await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    def ok(self) -> None:
+        if self.failures:
+            log.info("redis reachable again", failed_tries=self.failures)
+            self.failures = 0
+        self.metrics.redis_up.set(1)
+
+    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run `operation` until Redis answers it."""
+        while True:
+            try:
+                result = await operation()
+            except UNAVAILABLE as error:
+                await self.wait(error)
+            else:
+                self.ok()
+                return result
+
+
+class Worker:
+    def __init__(
+        self, settings: Settings, queue: Queue, deliverer: Deliverer, metrics: WorkerMetrics
+    ) -> None:
+        self.settings = settings
+        self.worker_id = settings.worker_id
+        self.queue = queue
+        self.deliverer = deliverer
+        self.metrics = metrics
+        self.redis_away = RedisAway(metrics)
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.deliveries: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._grace_seconds = settings.shutdown_grace_seconds
+
+    def stop(self, force: bool = False) -> None:
+        """Stop fetching; in-flight deliveries get the grace period (none when forced)."""
+        if self._stopping.is_set() or force:
+            self._grace_seconds = 0
+        self._stopping.set()
+
+    async def run(self) -> None:
+        if not await self._take_lease():
+            return
+        background = [
+            asyncio.create_task(self._keep_lease(), name="lease"),
+            asyncio.create_task(self._maintain(), name="maintenance"),
+        ]
+        fetching = asyncio.create_task(self._fetch(), name="fetch")
+        await self._stopping.wait()
+        log.info("stopping", in_flight=len(self.deliveries), grace_seconds=self._grace_seconds)
+        fetching.cancel()
+        await asyncio.gather(fetching, return_exceptions=True)
+        await self._drain()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await self._give_back()
+
+    async def _take_lease(self) -> bool:
+        """Wait until no live process holds this worker id, then take it.
+
+        A previous process of the same id on this host that is gone (crashed, then
+        restarted by its supervisor) need not wait out its lease: its in-flight
+        messages are given back at once, counted as returns.
+        """
+        logged = False
+        while not self._stopping.is_set():
+            holder = await self.redis_away.call(lambda: self.queue.lease_holder(self.worker_id))
+            if holder is None or _holder_is_dead(holder):
+                break
+            if not logged:
+                log.warning("worker id in use, waiting for its lease", holder=holder)
+                logged = True
+            await asyncio.sleep(1.0)
+        if self._stopping.is_set():
+            return False
+        await self.redis_away.call(lambda: self.queue.drop_lease(self.worker_id))
+        reaped = await self.redis_away.call(lambda: self.queue.reap(self.settings.max_returns))
+        self._log_reaped(reaped.returned, reaped.buried)
+        await self._renew_lease()
+        log.info("worker started", concurrency=self.settings.worker_concurrency)
+        return True
+
+    async def _renew_lease(self) -> None:
+        await self.redis_away.call(
+            lambda: self.queue.heartbeat(self.worker_id, self.holder, self.settings.lease_seconds)
+        )
+
+    async def _keep_lease(self) -> None:
+        # A third of the lease: two renewals may fail before others take our messages.
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            await self._renew_lease()
+
+    async def _maintain(self) -> None:
+        """Promote due retries often; reap dead workers every half lease, jittered."""
+        next_reap = time.monotonic()
+        while True:
+            await asyncio.sleep(random.uniform(0.5, 1.5) * PROMOTE_EVERY_SECONDS)
+            try:
+                promoted = await self.queue.promote_due()
+                if promoted:
+                    log.debug("retries due, queued again", count=promoted)
+                if time.monotonic() >= next_reap:
+                    reaped = await self.queue.reap(self.settings.max_returns)
+                    self._log_reaped(reaped.returned, reaped.buried)
+                    next_reap = time.monotonic() + self.settings.lease_seconds * random.uniform(0.4, 0.6)
+            except UNAVAILABLE as error:
+                await self.redis_away.wait(error)
+
+    def _log_reaped(self, returned: int, buried: int) -> None:
+        if returned or buried:
+            self.metrics.returned.inc(returned)
+            log.warning("took back messages of dead workers", returned=returned, poison_pills=buried)
+
+    async def _fetch(self) -> None:
+        concurrency = self.settings.worker_concurrency
+        while True:
+            free = concurrency - len(self.deliveries)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                messages = await self.queue.claim(self.worker_id, free, block_seconds=BLOCK_SECONDS)
+            except UNAVAILABLE as error:
+                await self.redis_away.wait(error)
+                continue
+            self.redis_away.ok()
+            for message in messages:
+                task = asyncio.create_task(self._process(message))
+                self.deliveries.add(task)
+                task.add_done_callback(self._delivery_done)
+
+    def _delivery_done(self, task: asyncio.Task[None]) -> None:
+        self.deliveries.discard(task)
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task failed", exc_info=task.exception())
+
+    async def _process(self, message: Message) -> None:
+        structlog.contextvars.bind_contextvars(message_id=message.id, attempt=message.attempt)
+        log.debug("delivering")
+        self.metrics.active.inc()
+        try:
+            started = time.perf_counter()
+            outcome = await self.deliverer.deliver(message)
+            self.metrics.delivery_seconds.observe(time.perf_counter() - started)
+            await self._settle(message, outcome)
+        finally:
+            self.metrics.active.dec()
+
+    async def _settle(self, message: Message, outcome: Outcome) -> None:
+        settings = self.settings
+        if outcome.verdict is Verdict.DELIVERED:
+            await self.redis_away.call(
+                lambda: self.queue.ack(self.worker_id, message.id, settings.status_ttl_seconds)
+            )
+            self.metrics.processed.inc()
+            if message.created_at_ms:
+                self.metrics.end_to_end_seconds.observe(max(0, now_ms() - message.created_at_ms) / 1000)
+            log.debug("delivered", status=outcome.status)
+            return
+        self.metrics.failed.inc()
+        if outcome.verdict is Verdict.PERMANENT or message.attempt >= settings.worker_max_attempts:
+            await self.redis_away.call(lambda: self.queue.bury(self.worker_id, message.id, outcome.error))
+            self.metrics.dead.inc()
+            log.warning("dead-lettered", error=outcome.error, permanent=outcome.verdict is Verdict.PERMANENT)
+            return
+        delay = next_delay_seconds(message.attempt, outcome.retry_after_seconds, settings)
+        due_ms = now_ms() + int(delay * 1000)
+        await self.redis_away.call(
+            lambda: self.queue.retry_later(self.worker_id, message.id, due_ms, outcome.error)
+        )
+        self.metrics.retries.inc()
+        log.warning("delivery failed, will retry", error=outcome.error, retry_in_seconds=round(delay, 3))
+
+    async def _drain(self) -> None:
+        """Let in-flight deliveries finish within the grace period, then cut them short."""
+        if self.deliveries and self._grace_seconds > 0:
+            await asyncio.wait(set(self.deliveries), timeout=self._grace_seconds)
+        if self.deliveries:
+            log.warning("grace period over, giving back unfinished deliveries", count=len(self.deliveries))
+            for task in self.deliveries:
+                task.cancel()
+            await asyncio.gather(*self.deliveries, return_exceptions=True)
+
+    async def _give_back(self) -> None:
+        """Return what this worker still holds to the queue's front and leave the registry.
+
+        If Redis stays away, give up after a while: the lease then runs out and
+        another worker's reaper returns the messages instead.
+        """
+        try:
+            released = await asyncio.wait_for(
+                self.redis_away.call(lambda: self.queue.release(self.worker_id)), timeout=10
+            )
+        except asyncio.TimeoutError:
+            log.warning("redis unavailable at shutdown: the lease will return held messages")
+            return
+        log.info("worker stopped", given_back=released)
+
+
+def _holder_is_dead(holder: str) -> bool:
+    """A lease holder is host:pid:token; on this host, a missing pid means it is gone."""
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+async def _wait_for_redis(queue: Queue, redis_away: RedisAway) -> None:
+    await redis_away.call(queue.redis.ping)
+
+
+async def serve(settings: Settings, redis_url: str) -> int:
+    """Run one worker until SIGTERM/SIGINT; the exit code says how it ended."""
+    structlog.contextvars.bind_contextvars(worker_id=settings.worker_id)
+    metrics = WorkerMetrics(settings.worker_id)
+    if settings.worker_metrics_port:
+        try:
+            start_http_server(settings.worker_metrics_port, registry=metrics.registry)
+        except OSError as error:
+            log.error("cannot serve metrics", port=settings.worker_metrics_port, error=str(error))
+            return 2
+    redis = connect(redis_url)
+    queue = Queue(redis)
+    async with Deliverer(settings) as deliverer:
+        worker = Worker(settings, queue, deliverer, metrics)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, worker.stop)
+        loop.add_signal_handler(signal.SIGINT, worker.stop)
+        await _wait_for_redis(queue, worker.redis_away)
+        try:
+            check = await check_server(redis, settings.allow_evicting_redis)
+        except UnsafeRedis as error:
+            log.error("refusing this redis", reason=str(error))
+            await redis.aclose()
+            return 2
+        for warning in check.warnings:
+            log.warning("redis setup", problem=warning)
+        await worker.run()
+    await redis.aclose()
+    return 0
+
+
+def run_worker(settings: Settings) -> int:
+    configure(settings.log_level)
+    redis_url, embedded = resolve_redis_url(settings)
+    try:
+        try:
+            import uvloop
+
+            return uvloop.run(serve(settings, redis_url))
+        except ImportError:
+            return asyncio.run(serve(settings, redis_url))
+    finally:
+        if embedded is not None:
+            embedded.stop()

@@ -1,0 +1,295 @@
+"""The worker against a real Redis/Valkey and a real sink over HTTPS: the delivery guarantees."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+from standardwebhooks import Webhook
+
+from tests.support.certs import CertFiles
+from tests.support.inspect import (
+    dead_ids,
+    enqueue,
+    in_flight,
+    queue_length,
+    registered_workers,
+    scrape,
+    status,
+)
+from tests.support.processes import FerryProcess, Sink, wait_until
+from tests.support.servers import RedisProcess
+
+StartSink = Callable[..., Sink]
+StartWorker = Callable[..., FerryProcess]
+
+
+def unique(sink: Sink, expected: int) -> Callable[[], bool]:
+    return lambda: sink.stats()["unique"] >= expected
+
+
+def test_delivers_end_to_end_over_https_keeping_body_and_headers(
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    sink = start_sink()
+    bodies = [b'{"order": %d}' % n for n in range(20)] + [bytes(range(256))]
+    ids = enqueue(redis_url, bodies[:20]) + enqueue(redis_url, bodies[20:], "application/octet-stream")
+    start_worker(redis_url, sink.url)
+
+    wait_until(unique(sink, 21))
+    code, headers, body = sink.message(ids[-1])
+    assert (code, body) == (200, bytes(range(256)))
+    assert headers["Content-Type"] == "application/octet-stream"
+    assert headers["X-Sink-First-Attempt"] == "1"
+    assert sink.stats()["duplicates"] == 0
+    assert queue_length(redis_url) == 0
+    done = status(redis_url, ids[0])
+    assert done.status == "delivered" and done.attempts == 1
+
+
+def test_retries_until_the_main_server_recovers(
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    sink = start_sink("--fail-rate", "1", "--status", "503")
+    ids = enqueue(redis_url, [b"a", b"b", b"c"])
+    start_worker(redis_url, sink.url)
+
+    wait_until(lambda: sink.stats()["failed"] >= 9)
+    assert sink.stats()["unique"] == 0
+    retrying = status(redis_url, ids[0])
+    assert retrying.status in ("retrying", "queued", "delivering") and "503" in (retrying.last_error or "")
+
+    sink.faults(fail_rate=0)
+    wait_until(unique(sink, 3))
+    assert all(status(redis_url, i).attempts >= 3 for i in ids)
+    assert dead_ids(redis_url) == []
+
+
+def test_permanent_4xx_is_dead_lettered_at_once(
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    sink = start_sink("--fail-rate", "1", "--status", "422")
+    ids = enqueue(redis_url, [b"x", b"y"])
+    start_worker(redis_url, sink.url)
+
+    wait_until(lambda: len(dead_ids(redis_url)) == 2)
+    for message_id in ids:
+        dead = status(redis_url, message_id)
+        assert dead.status == "dead" and dead.attempts == 1 and "HTTP 422" in (dead.last_error or "")
+    assert sink.stats()["failed"] == 2  # no second attempt
+
+
+def test_dead_lettered_after_the_last_attempt(
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    sink = start_sink("--fail-rate", "1", "--status", "500")
+    [message_id] = enqueue(redis_url, [b"x"])
+    start_worker(redis_url, sink.url, WORKER_MAX_ATTEMPTS=3, WORKER_RETRY_INTERVAL=0.05)
+
+    wait_until(lambda: dead_ids(redis_url) == [message_id])
+    dead = status(redis_url, message_id)
+    assert dead.attempts == 3 and "HTTP 500" in (dead.last_error or "")
+    assert sink.stats()["failed"] == 3
+
+
+def test_retry_after_of_the_main_server_is_honoured(
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    sink = start_sink("--fail-rate", "1", "--status", "429", "--retry-after", "3")
+    [message_id] = enqueue(redis_url, [b"x"])
+    start_worker(redis_url, sink.url, WORKER_RETRY_INTERVAL=0.05)
+
+    waiting = wait_until(lambda: (s := status(redis_url, message_id)).status == "retrying" and s)
+    assert waiting.next_attempt_at_ms is not None
+    assert 2900 <= waiting.next_attempt_at_ms - waiting.updated_at_ms <= 3100
+    time.sleep(1.5)
+    assert sink.stats()["failed"] == 1  # the 0.05 s retry interval did not apply
+    sink.faults(fail_rate=0)
+    wait_until(unique(sink, 1), timeout=10)
+
+
+def test_sigkill_mid_delivery_loses_nothing(
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    sink = start_sink("--latency-ms", "2000")
+    ids = enqueue(redis_url, [b"m%d" % n for n in range(10)])
+    victim = start_worker(redis_url, sink.url, WORKER_ID="victim", WORKER_CONCURRENCY=4)
+    wait_until(lambda: len(in_flight(redis_url, "victim")) == 4)
+    victim.kill()
+    held = in_flight(redis_url, "victim")
+    assert len(held) == 4
+
+    sink.faults(latency_ms=0)
+    start_worker(redis_url, sink.url, WORKER_ID="rescuer")
+    # The sink may have stored the four the victim was sending when it died; they
+    # are delivered again all the same (at least once), once its lease runs out.
+    wait_until(lambda: all(status(redis_url, i).status == "delivered" for i in ids), timeout=30)
+    assert sink.stats()["unique"] == 10
+    assert all(status(redis_url, i).returns == 1 for i in held)
+    assert "victim" not in registered_workers(redis_url)
+
+
+def test_sigterm_lets_in_flight_deliveries_finish(
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    sink = start_sink("--latency-ms", "1500")
+    enqueue(redis_url, [b"m%d" % n for n in range(6)])
+    worker = start_worker(redis_url, sink.url, WORKER_ID="draining", WORKER_CONCURRENCY=4)
+    wait_until(lambda: len(in_flight(redis_url, "draining")) == 4)
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0
+    assert sink.stats()["unique"] == 4  # the four in flight were finished, not cut short
+    assert queue_length(redis_url) == 2  # the rest were never taken
+    assert in_flight(redis_url, "draining") == []
+    assert "draining" not in registered_workers(redis_url)
+
+
+def test_sigterm_past_the_grace_period_gives_messages_back(
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    sink = start_sink("--latency-ms", "5000")
+    ids = enqueue(redis_url, [b"m%d" % n for n in range(4)])
+    worker = start_worker(
+        redis_url, sink.url, WORKER_ID="hasty", WORKER_CONCURRENCY=4, FERRY_SHUTDOWN_GRACE_SECONDS=0.5
+    )
+    wait_until(lambda: len(in_flight(redis_url, "hasty")) == 4)
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=10) == 0
+    assert queue_length(redis_url) == 4
+    assert all(status(redis_url, i).status == "queued" for i in ids)
+
+
+def test_two_workers_share_a_thousand_messages(
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    sink = start_sink("--latency-ms", "2")
+    ports = []
+    for name in ("w1", "w2"):
+        worker = start_worker(redis_url, sink.url, WORKER_ID=name)
+        ports.append(int(worker.env["WORKER_METRICS_PORT"]))
+    wait_until(lambda: registered_workers(redis_url) == {"w1", "w2"})
+
+    enqueue(redis_url, [b'{"n": %d}' % n for n in range(1000)])
+    wait_until(unique(sink, 1000), timeout=60)
+    processed = [
+        scrape(port)[f'worker_messages_processed_total{{worker_id="{name}"}}']
+        for port, name in zip(ports, ("w1", "w2"))
+    ]
+    assert sum(processed) == 1000
+    assert min(processed) >= 300, processed
+
+
+def test_redis_restart_mid_run_loses_nothing(
+    own_redis: RedisProcess, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    sink = start_sink("--latency-ms", "5")
+    enqueue(own_redis.url, [b"m%d" % n for n in range(600)])
+    workers = [start_worker(own_redis.url, sink.url, WORKER_ID=f"w{n}") for n in (1, 2)]
+    wait_until(unique(sink, 100), timeout=30)
+
+    own_redis.kill()  # appendfsync always: every acknowledged write is on disk
+    time.sleep(1.5)
+    assert all(worker.process and worker.process.poll() is None for worker in workers)
+    own_redis.start()
+
+    wait_until(unique(sink, 600), timeout=60)
+    assert all(worker.process and worker.process.poll() is None for worker in workers)
+    logs = workers[0].log()
+    assert "redis unavailable" in logs and "redis reachable again" in logs
+    # It backed off instead of spinning: one warning per outage, not one per try.
+    assert logs.count("redis unavailable") <= 3
+
+
+def test_worker_started_before_redis_waits_for_it(
+    own_redis: RedisProcess, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    sink = start_sink()
+    own_redis.kill()
+    worker = start_worker(own_redis.url, sink.url)
+    time.sleep(2)
+    assert worker.process and worker.process.poll() is None
+    own_redis.start()
+    enqueue(own_redis.url, [b"late"])
+    wait_until(unique(sink, 1), timeout=20)
+
+
+@pytest.mark.parametrize("client_cert", ["none", "stranger"])
+def test_refused_client_certificate_is_retried_never_dropped(
+    client_cert: str, redis_url: str, certs: CertFiles, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    sink = start_sink("--client-ca", str(certs.ca))
+    [message_id] = enqueue(redis_url, [b"secret"])
+    env = {}
+    if client_cert == "stranger":
+        env = {"MAIN_SERVER_CERT_FILE": str(certs.other_client_cert), "MAIN_SERVER_KEY_FILE": str(certs.other_client_key)}
+    refused = start_worker(redis_url, sink.url, WORKER_ID="refused", **env)
+
+    wait_until(lambda: status(redis_url, message_id).attempts >= 3)
+    assert sink.stats()["received"] == 0 and dead_ids(redis_url) == []
+    refused.stop()
+
+    start_worker(
+        redis_url,
+        sink.url,
+        WORKER_ID="trusted",
+        MAIN_SERVER_CERT_FILE=str(certs.client_cert),
+        MAIN_SERVER_KEY_FILE=str(certs.client_key),
+    )
+    wait_until(unique(sink, 1))
+    assert status(redis_url, message_id).status == "delivered"
+
+
+def test_signed_deliveries_verify_with_standardwebhooks(
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    sink = start_sink()
+    body = b'{"event": "paid", "amount": 12}'
+    [message_id] = enqueue(redis_url, [body])
+    start_worker(redis_url, sink.url, FERRY_SIGNING_SECRET=secret)
+
+    wait_until(unique(sink, 1))
+    _, headers, stored = sink.message(message_id)
+    signed = json.loads(headers["X-Sink-Signature-Headers"])
+    assert signed["webhook-id"] == message_id
+    Webhook(secret).verify(stored, signed)  # raises if the signature is wrong
+    with pytest.raises(Exception):
+        Webhook(secret).verify(stored + b" ", signed)
+
+
+def test_evicting_redis_is_refused_unless_overridden(
+    own_redis: RedisProcess, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    own_redis.client().config_set("maxmemory-policy", "allkeys-lru")
+    sink = start_sink()
+    refused = start_worker(own_redis.url, sink.url, WORKER_ID="careful")
+    assert refused.wait(timeout=20) == 2
+    assert "maxmemory-policy is allkeys-lru" in refused.log()
+
+    allowed = start_worker(own_redis.url, sink.url, WORKER_ID="bold", FERRY_ALLOW_EVICTING_REDIS="true")
+    wait_until(lambda: "worker started" in allowed.log())
+    assert "maxmemory-policy is allkeys-lru" in allowed.log()  # still warned
+
+
+def test_bad_setting_stops_the_worker_with_one_clear_line(tmp_path: object) -> None:
+    import subprocess
+
+    from tests.support.processes import ferry_command
+
+    result = subprocess.run(
+        [ferry_command(), "worker"],
+        env={"PATH": "/usr/bin:/bin", "WORKER_CONCURRENCY": "many", "MAIN_SERVER_URL": "http://x"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "ferry: invalid setting WORKER_CONCURRENCY: Input should be a valid integer, "
+        "unable to parse string as an integer (got 'many')"
+    ]
