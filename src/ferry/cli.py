@@ -68,7 +68,7 @@ def sink(
     keyfile: Annotated[Path | None, typer.Option(help="TLS private key.")] = None,
     client_ca: Annotated[Path | None, typer.Option(help="Require client certificates signed by this CA (mTLS).")] = None,
     fail_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of deliveries answered with --status.")] = 0.0,
-    status: Annotated[int, typer.Option(min=100, max=599, help="Status of a failed delivery.")] = 503,
+    status: Annotated[int, typer.Option(min=200, max=599, help="Status of a failed delivery.")] = 503,
     latency_ms: Annotated[float, typer.Option(min=0.0, help="Delay before each answer.")] = 0.0,
     retry_after: Annotated[float | None, typer.Option(help="Retry-After (s) sent with failures.")] = None,
     log_level: Annotated[str | None, typer.Option(help="Log level [env LOG_LEVEL, INFO].")] = None,

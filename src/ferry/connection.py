@@ -31,12 +31,13 @@ def connect(url: str) -> Redis:
 
     Longer outages surface as errors; the loops that call Redis keep retrying them.
     """
+    tcp_only = {} if url.startswith("unix://") else {"socket_keepalive": True}
     return Redis.from_url(
         url,
         socket_timeout=SOCKET_TIMEOUT_SECONDS,
         socket_connect_timeout=5.0,
-        socket_keepalive=True,
         health_check_interval=15,
+        **tcp_only,
         retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=3),
         retry_on_error=[ConnectionError, TimeoutError],
     )

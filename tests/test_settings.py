@@ -1,0 +1,76 @@
+"""Settings: flag > environment > ferry.toml > default, and one clear line when wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ferry.settings import SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for name in ("WORKER_CONCURRENCY", "REDIS_URL", "FERRY_CONFIG", "FERRY_HOME", "WORKER_ID"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def test_defaults_are_the_guides() -> None:
+    settings = load_settings()
+    assert (settings.worker_concurrency, settings.worker_retry_interval, settings.worker_max_attempts) == (4, 30, 10000)
+    assert (settings.worker_metrics_port, settings.proxy_port, settings.lease_seconds) == (9100, 8001, 30)
+    assert settings.home == Path(".ferry") and settings.redis_url is None
+
+
+def test_flag_beats_environment_beats_toml_beats_default(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (isolated / "ferry.toml").write_text('worker_concurrency = 5\nworker_max_attempts = 7\nferry_home = "/data"\n')
+    assert load_settings().worker_concurrency == 5
+    assert load_settings().home == Path("/data")
+    monkeypatch.setenv("WORKER_CONCURRENCY", "6")
+    assert load_settings().worker_concurrency == 6
+    settings = load_settings(worker_concurrency=8, worker_id=None)
+    assert (settings.worker_concurrency, settings.worker_max_attempts) == (8, 7)
+
+
+def test_config_file_can_be_named(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (isolated / "prod.toml").write_text('redis_url = "redis://cache:6380/2"\n')
+    monkeypatch.setenv("FERRY_CONFIG", str(isolated / "prod.toml"))
+    assert load_settings().redis_url == "redis://cache:6380/2"
+
+
+def test_unrelated_environment_names_are_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", "/somewhere/else")
+    monkeypatch.setenv("API_KEYS", "leak")
+    settings = load_settings()
+    assert settings.home == Path(".ferry") and settings.api_keys == ""
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("WORKER_CONCURRENCY", "0", "invalid setting WORKER_CONCURRENCY: Input should be greater than or equal to 1 (got '0')"),
+        ("REDIS_URL", "localhost:6379", "invalid setting REDIS_URL: must start with redis://, rediss:// or unix:// (got 'localhost:6379')"),
+        ("MAIN_SERVER_URL", "ftp://x", "invalid setting MAIN_SERVER_URL: must start with http:// or https:// (got 'ftp://x')"),
+        ("MAIN_SERVER_CA_FILE", "/no/such/ca.pem", "invalid setting MAIN_SERVER_CA_FILE: no such file: /no/such/ca.pem (got '/no/such/ca.pem')"),
+        ("FERRY_SIGNING_SECRET", "hunter2", "invalid setting FERRY_SIGNING_SECRET: must be whsec_ followed by base64 (got 'hunter2')"),
+        ("FERRY_DURABILITY", "maybe", "invalid setting FERRY_DURABILITY: Input should be 'normal' or 'strict' (got 'maybe')"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it(
+    variable: str, value: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value) == message
+
+
+def test_client_certificate_needs_its_key(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (isolated / "client.pem").write_text("x")
+    monkeypatch.setenv("MAIN_SERVER_CERT_FILE", str(isolated / "client.pem"))
+    with pytest.raises(SettingsError, match="MAIN_SERVER_CERT_FILE and MAIN_SERVER_KEY_FILE go together"):
+        load_settings()
