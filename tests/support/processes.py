@@ -54,6 +54,7 @@ class FerryProcess:
                 env={**os.environ, **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, as a terminal would make it
             )
 
     @property
@@ -64,6 +65,10 @@ class FerryProcess:
     def signal(self, signum: int) -> None:
         assert self.process is not None
         self.process.send_signal(signum)
+
+    def signal_group(self, signum: int) -> None:
+        """Signal its whole process group, as Ctrl-C in a terminal does."""
+        os.killpg(self.pid, signum)
 
     def wait(self, timeout: float = 30.0) -> int:
         assert self.process is not None
