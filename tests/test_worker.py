@@ -148,6 +148,22 @@ def test_sigterm_lets_in_flight_deliveries_finish(
     assert "draining" not in registered_workers(redis_url)
 
 
+def test_sigterm_under_load_stops_fetching_and_accounts_for_every_message(
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    sink = start_sink("--latency-ms", "2")
+    enqueue(redis_url, [b"m%d" % n for n in range(3000)])
+    worker = start_worker(redis_url, sink.url, WORKER_ID="busy", WORKER_CONCURRENCY=16)
+    wait_until(unique(sink, 200))
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0
+    delivered = sink.stats()["unique"]
+    assert delivered < 3000  # it stopped fetching rather than emptying the queue
+    assert delivered + queue_length(redis_url) == 3000
+    assert in_flight(redis_url, "busy") == []
+
+
 def test_sigterm_past_the_grace_period_gives_messages_back(
     redis_url: str, start_sink: StartSink, start_worker: StartWorker
 ) -> None:

@@ -87,7 +87,10 @@ class Worker:
         self.redis_away = RedisAway(metrics)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.deliveries: set[asyncio.Task[None]] = set()
-        self._stopping = asyncio.Event()
+        # Loops end on these flags, not on cancellation alone: a Redis client that
+        # swallows a CancelledError must not keep a stopping worker fetching.
+        self._stopping = asyncio.Event()  # no more fetching
+        self._closing = asyncio.Event()  # deliveries settled: lease and maintenance may end
         self._slot_freed = asyncio.Event()
         self._grace_seconds = settings.shutdown_grace_seconds
 
@@ -110,6 +113,7 @@ class Worker:
         fetching.cancel()
         await asyncio.gather(fetching, return_exceptions=True)
         await self._drain()
+        self._closing.set()
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -147,14 +151,14 @@ class Worker:
 
     async def _keep_lease(self) -> None:
         # A third of the lease: two renewals may fail before others take our messages.
-        while True:
+        while not self._closing.is_set():
             await asyncio.sleep(self.settings.lease_seconds / 3)
             await self._renew_lease()
 
     async def _maintain(self) -> None:
         """Promote due retries often; reap dead workers every half lease, jittered."""
         next_reap = time.monotonic()
-        while True:
+        while not self._closing.is_set():
             await asyncio.sleep(random.uniform(0.5, 1.5) * PROMOTE_EVERY_SECONDS)
             try:
                 promoted = await self.queue.promote_due()
@@ -174,7 +178,7 @@ class Worker:
 
     async def _fetch(self) -> None:
         concurrency = self.settings.worker_concurrency
-        while True:
+        while not self._stopping.is_set():
             free = concurrency - len(self.deliveries)
             if free <= 0:
                 self._slot_freed.clear()
@@ -186,6 +190,8 @@ class Worker:
                 await self.redis_away.wait(error)
                 continue
             self.redis_away.ok()
+            if self._stopping.is_set():
+                return  # claimed as the stop came: still in-flight, given back at exit
             for message in messages:
                 task = asyncio.create_task(self._process(message))
                 self.deliveries.add(task)
