@@ -84,7 +84,7 @@ async def test_ack_records_delivery_frees_body_and_expires(queue: Queue) -> None
     [sent] = messages(1)
     await queue.enqueue([sent])
     await queue.claim("w1", 1)
-    await queue.ack("w1", sent.id, status_ttl_seconds=100)
+    await queue.ack("w1", [sent.id], status_ttl_seconds=100)
     assert await places(queue, sent.id) == []
     status = await queue.status(sent.id)
     assert status is not None
@@ -201,7 +201,7 @@ async def test_delivered_copy_handed_back_late_is_not_delivered_again(queue: Que
     await queue.claim("slow", 1)
     await asyncio.sleep(0.2)
     await queue.reap(max_returns=3)  # back on the queue...
-    await queue.ack("slow", sent.id, 100)  # ...but the slow worker did deliver it
+    await queue.ack("slow", [sent.id], 100)  # ...but the slow worker did deliver it
     assert await queue.claim("other", 5) == []
     assert await places(queue, sent.id) == []
 

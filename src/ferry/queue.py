@@ -115,11 +115,11 @@ class Queue:
             for i in range(0, len(reply), 5)
         ]
 
-    async def ack(self, worker_id: str, message_id: str, status_ttl_seconds: int) -> None:
-        """Record a delivery: out of the in-flight list, status `delivered`, body freed."""
+    async def ack(self, worker_id: str, message_ids: Sequence[str], status_ttl_seconds: int) -> None:
+        """Record deliveries: out of the in-flight list, status `delivered`, bodies freed."""
         await self._ack(
-            keys=[self.keys.in_flight(worker_id), self.keys.message(message_id)],
-            args=[message_id, now_ms(), status_ttl_seconds],
+            keys=[self.keys.in_flight(worker_id)],
+            args=[self.keys.message_prefix, now_ms(), status_ttl_seconds, *message_ids],
         )
 
     async def retry_later(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
 import random
 import signal
 import socket
@@ -21,6 +22,7 @@ from typing import TypeVar
 import structlog
 from prometheus_client import start_http_server
 
+from ferry.batching import Coalescer
 from ferry.connection import UNAVAILABLE, UnsafeRedis, check_server, connect, resolve_redis_url
 from ferry.delivery import Deliverer, Outcome, Verdict
 from ferry.logs import configure, get_logger
@@ -85,13 +87,16 @@ class Worker:
         self.deliverer = deliverer
         self.metrics = metrics
         self.redis_away = RedisAway(metrics)
+        # Deliveries that finish together are acked together: one script call.
+        self._acks: Coalescer[str, None] = Coalescer(self._ack_batch)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.deliveries: set[asyncio.Task[None]] = set()
+        self.waiting: deque[Message] = deque()  # claimed ahead, not yet being delivered
         # Loops end on these flags, not on cancellation alone: a Redis client that
         # swallows a CancelledError must not keep a stopping worker fetching.
         self._stopping = asyncio.Event()  # no more fetching
         self._closing = asyncio.Event()  # deliveries settled: lease and maintenance may end
-        self._slot_freed = asyncio.Event()
+        self._room = asyncio.Event()  # a delivery ended: the fetcher may claim more
         self._grace_seconds = settings.shutdown_grace_seconds
 
     def stop(self, force: bool = False) -> None:
@@ -177,29 +182,44 @@ class Worker:
             log.warning("took back messages of dead workers", returned=returned, poison_pills=buried)
 
     async def _fetch(self) -> None:
+        """Keep every delivery slot busy, with up to a slot's worth more claimed ahead.
+
+        The claimed-ahead messages wait in `self.waiting` (and in Redis, in this
+        worker's in-flight list, under its lease): a finished delivery starts the
+        next one at once instead of waiting a claim's round trip.
+        """
         concurrency = self.settings.worker_concurrency
+        most_held = 2 * concurrency
         while not self._stopping.is_set():
-            free = concurrency - len(self.deliveries)
-            if free <= 0:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
+            room = most_held - len(self.deliveries) - len(self.waiting)
+            # Claim in batches (a claim costs one round trip whatever its size),
+            # but never let a free slot wait for one.
+            if room <= 0 or (room < concurrency and len(self.deliveries) == concurrency):
+                self._room.clear()
+                await self._room.wait()
                 continue
             try:
-                messages = await self.queue.claim(self.worker_id, free, block_seconds=BLOCK_SECONDS)
+                messages = await self.queue.claim(self.worker_id, room, block_seconds=BLOCK_SECONDS)
             except UNAVAILABLE as error:
                 await self.redis_away.wait(error)
                 continue
             self.redis_away.ok()
             if self._stopping.is_set():
                 return  # claimed as the stop came: still in-flight, given back at exit
-            for message in messages:
-                task = asyncio.create_task(self._process(message))
-                self.deliveries.add(task)
-                task.add_done_callback(self._delivery_done)
+            self.waiting.extend(messages)
+            self._start_waiting()
+
+    def _start_waiting(self) -> None:
+        while self.waiting and len(self.deliveries) < self.settings.worker_concurrency:
+            task = asyncio.create_task(self._process(self.waiting.popleft()))
+            self.deliveries.add(task)
+            task.add_done_callback(self._delivery_done)
 
     def _delivery_done(self, task: asyncio.Task[None]) -> None:
         self.deliveries.discard(task)
-        self._slot_freed.set()
+        if not self._stopping.is_set():
+            self._start_waiting()
+        self._room.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())
 
@@ -218,9 +238,7 @@ class Worker:
     async def _settle(self, message: Message, outcome: Outcome) -> None:
         settings = self.settings
         if outcome.verdict is Verdict.DELIVERED:
-            await self.redis_away.call(
-                lambda: self.queue.ack(self.worker_id, message.id, settings.status_ttl_seconds)
-            )
+            await self.redis_away.call(lambda: self._acks.submit(message.id))
             self.metrics.processed.inc()
             if message.created_at_ms:
                 self.metrics.end_to_end_seconds.observe(max(0, now_ms() - message.created_at_ms) / 1000)
@@ -239,6 +257,10 @@ class Worker:
         )
         self.metrics.retries.inc()
         log.warning("delivery failed, will retry", error=outcome.error, retry_in_seconds=round(delay, 3))
+
+    async def _ack_batch(self, message_ids: list[str]) -> list[None]:
+        await self.queue.ack(self.worker_id, message_ids, self.settings.status_ttl_seconds)
+        return [None] * len(message_ids)
 
     async def _drain(self) -> None:
         """Let in-flight deliveries finish within the grace period, then cut them short."""

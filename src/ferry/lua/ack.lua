@@ -1,10 +1,16 @@
--- ack: the main server took the message. Drop it from the in-flight list, record
--- the success, free the body and let the status expire, in one step.
--- KEYS[1] in-flight list, KEYS[2] message hash
--- ARGV: id, now (ms), status ttl (s)
-redis.call('LREM', KEYS[1], -1, ARGV[1])
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], 'status', 'delivered', 'delivered_at', ARGV[2], 'updated_at', ARGV[2])
-redis.call('HDEL', KEYS[2], 'body', 'worker', 'next_attempt_at')
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return 1
+-- ack: the main server took these messages. Drop each from the in-flight list,
+-- record the success, free the body and let the status expire, in one step.
+-- KEYS[1] in-flight list
+-- ARGV: message prefix, now (ms), status ttl (s), ids...
+local in_flight, prefix, now, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local key = prefix .. id
+  redis.call('LREM', in_flight, -1, id)
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HSET', key, 'status', 'delivered', 'delivered_at', now, 'updated_at', now)
+    redis.call('HDEL', key, 'body', 'worker', 'next_attempt_at')
+    redis.call('EXPIRE', key, ttl)
+  end
+end
+return #ARGV - 3
