@@ -146,6 +146,35 @@ def test_sigkill_mid_delivery_loses_nothing(
     assert "victim" not in registered_workers(redis_url)
 
 
+def test_poison_pill_that_keeps_killing_workers_is_dead_lettered(
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    sink = start_sink("--latency-ms", "60000")  # every worker dies while delivering it
+    [pill] = enqueue(redis_url, [b"poison"])
+    for death in (1, 2):
+        victim = start_worker(redis_url, sink.url, WORKER_ID=f"victim-{death}", FERRY_MAX_RETURNS=1)
+        wait_until(delivering(victim, 1), timeout=30)
+        victim.kill()
+
+    start_worker(redis_url, sink.url, WORKER_ID="survivor", FERRY_MAX_RETURNS=1)
+    wait_until(lambda: dead_ids(redis_url) == [pill], timeout=30)
+    dead = status(redis_url, pill)
+    assert dead.returns == 2 and "poison pill" in (dead.last_error or "")
+
+
+def test_a_delivery_that_times_out_is_retried(
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    sink = start_sink("--latency-ms", "3000")
+    [message_id] = enqueue(redis_url, [b"slow"])
+    start_worker(redis_url, sink.url, FERRY_DELIVERY_TIMEOUT_SECONDS=0.3)
+
+    waiting = wait_until(lambda: (s := status(redis_url, message_id)).attempts >= 2 and s)
+    assert "timed out" in (waiting.last_error or "")
+    sink.faults(latency_ms=0)
+    wait_until(lambda: status(redis_url, message_id).status == "delivered")
+
+
 def test_sigterm_lets_in_flight_deliveries_finish(
     redis_url: str, start_sink: StartSink, start_worker: StartWorker
 ) -> None:
@@ -206,12 +235,15 @@ def test_two_workers_share_a_thousand_messages(
 
     enqueue(redis_url, [b'{"n": %d}' % n for n in range(1000)])
     wait_until(unique(sink, 1000), timeout=60)
-    processed = [
-        scrape(port)[f'worker_messages_processed_total{{worker_id="{name}"}}']
-        for port, name in zip(ports, ("w1", "w2"))
-    ]
+    metrics = [scrape(port) for port in ports]
+    processed = [m[f'worker_messages_processed_total{{worker_id="{name}"}}'] for m, name in zip(metrics, ("w1", "w2"))]
     assert sum(processed) == 1000
     assert min(processed) >= 300, processed
+    for m, name, count in zip(metrics, ("w1", "w2"), processed):
+        label = f'{{worker_id="{name}"}}'
+        assert m[f"worker_delivery_duration_seconds_count{label}"] == count
+        assert m[f"worker_message_latency_seconds_count{label}"] == count
+        assert m[f"worker_active_tasks{label}"] == 0 and m[f"worker_redis_up{label}"] == 1
 
 
 def test_redis_restart_mid_run_loses_nothing(
@@ -304,6 +336,16 @@ def test_evicting_redis_is_refused_unless_overridden(
     allowed = start_worker(own_redis.url, sink.url, WORKER_ID="bold", FERRY_ALLOW_EVICTING_REDIS="true")
     wait_until(lambda: "worker started" in allowed.log())
     assert "maxmemory-policy is allkeys-lru" in allowed.log()  # still warned
+    assert "keeps nothing on disk" not in allowed.log()  # the test server has its AOF
+
+
+def test_redis_without_persistence_gets_a_warning(
+    own_redis: RedisProcess, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    own_redis.client().config_set("appendonly", "no")
+    worker = start_worker(own_redis.url, start_sink().url)
+    wait_until(lambda: "worker started" in worker.log())
+    assert "keeps nothing on disk" in worker.log()
 
 
 def test_bad_setting_stops_the_worker_with_one_clear_line(tmp_path: object) -> None:
