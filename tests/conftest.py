@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import pytest
 from tests.support.certs import CertFiles, make_certs
-from tests.support.processes import FerryProcess, Sink
+from tests.support.processes import FerryProcess, Proxy, Sink
 from tests.support.servers import RedisProcess, free_port
 
 SERVER_KINDS = ["redis", "valkey"]
@@ -93,3 +93,19 @@ def start_worker(tmp_path: Path, certs: CertFiles) -> Iterator[Callable[..., Fer
     yield start
     for worker in workers:
         worker.kill()
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Path, certs: CertFiles) -> Iterator[Callable[..., Proxy]]:
+    """Start `ferry proxy` (HTTPS with the test CA unless tls=False); keyword arguments become env vars."""
+    proxies: list[Proxy] = []
+
+    def start(redis_url: str, *args: str, tls: bool = True, **env: Any) -> Proxy:
+        proxy = Proxy(tmp_path, redis_url, certs if tls else None, list(args), {k: str(v) for k, v in env.items()})
+        proxy.start()
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in proxies:
+        proxy.stop()

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from ferry.connection import connect
 from ferry.keys import Keys
 from ferry.message import NewMessage, Status, new_message_id, now_ms
-from ferry.queue import Queue
+from ferry.queue import Limits, Queue
 
 
 @pytest.fixture
@@ -218,11 +218,29 @@ async def test_idempotency_key_returns_first_id_and_queues_nothing(queue: Queue)
 
 async def test_queue_cap_refuses_new_messages_and_all_or_nothing_refuses_whole_batch(queue: Queue) -> None:
     await queue.enqueue(messages(3))
-    refused = await queue.enqueue(messages(2), max_queue_size=4, all_or_nothing=True)
+    refused = await queue.enqueue(messages(2), Limits(max_queue_size=4), all_or_nothing=True)
     assert [r.outcome for r in refused] == ["full", "full"]
-    partial = await queue.enqueue(messages(2), max_queue_size=4)
+    partial = await queue.enqueue(messages(2), Limits(max_queue_size=4))
     assert [r.outcome for r in partial] == ["queued", "full"]
     assert await queue.size() == 4
+
+
+async def test_rate_limit_is_a_token_bucket_per_api_key(queue: Queue) -> None:
+    limits = Limits(rate_per_second=10, rate_capacity=3)
+
+    def from_key(bucket: str, count: int) -> list[NewMessage]:
+        return [NewMessage(new_message_id(), b"x", "text/plain", rate_bucket=bucket) for _ in range(count)]
+
+    first = await queue.enqueue(from_key("alice", 5), limits)
+    assert [r.outcome for r in first] == ["queued"] * 3 + ["limited"] * 2
+    assert 1 <= first[-1].wait_ms <= 100  # one token comes back every 100 ms
+    assert [r.outcome for r in await queue.enqueue(from_key("bob", 1), limits)] == ["queued"]
+    await asyncio.sleep(0.25)  # two tokens back
+    again = await queue.enqueue(from_key("alice", 3), limits)
+    assert [r.outcome for r in again] == ["queued", "queued", "limited"]
+    batch = await queue.enqueue(from_key("carol", 4), limits, all_or_nothing=True)
+    assert [r.outcome for r in batch] == ["limited"] * 4  # four do not fit a bucket of three
+    assert await queue.size() == 6
 
 
 async def test_every_key_shares_the_queues_cluster_slot(queue: Queue) -> None:

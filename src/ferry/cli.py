@@ -60,6 +60,37 @@ def worker(
 
 
 @app.command()
+def proxy(
+    host: Annotated[str | None, typer.Option(help="Address to listen on [env FERRY_PROXY_HOST, 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [env PROXY_PORT, 8001].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes [env FERRY_PROXY_WORKERS, 1].")] = None,
+    certfile: Annotated[Path | None, typer.Option(help="TLS certificate [env PROXY_CERTFILE].")] = None,
+    keyfile: Annotated[Path | None, typer.Option(help="TLS private key [env PROXY_KEYFILE].")] = None,
+    client_ca: Annotated[Path | None, typer.Option(help="Require client certificates of this CA [env FERRY_PROXY_CLIENT_CA_FILE].")] = None,
+    insecure: Annotated[bool, typer.Option(help="Allow plain HTTP on a non-loopback address.")] = False,
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL [env REDIS_URL; unset: embedded Valkey].")] = None,
+    log_level: Annotated[str | None, typer.Option(help="Log level [env LOG_LEVEL, INFO].")] = None,
+) -> None:
+    """The HTTPS proxy: clients POST messages, it answers 202 once each is stored in Redis."""
+    from ferry.proxy_server import ProxyRefused, run_proxy
+
+    settings = _settings(
+        proxy_host=host,
+        proxy_port=port,
+        proxy_workers=workers,
+        proxy_certfile=certfile,
+        proxy_keyfile=keyfile,
+        proxy_client_ca_file=client_ca,
+        redis_url=redis_url,
+        log_level=log_level.upper() if log_level else None,
+    )
+    try:
+        run_proxy(settings, insecure=insecure)
+    except ProxyRefused as error:
+        _fail(str(error))
+
+
+@app.command()
 def sink(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,

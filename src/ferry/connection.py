@@ -26,10 +26,11 @@ def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedValkey | None]:
     return start_or_share(settings.home)
 
 
-def connect(url: str) -> Redis:
+def connect(url: str, retries: int = 3) -> Redis:
     """A client that retries a failed command a few times with jittered backoff.
 
-    Longer outages surface as errors; the loops that call Redis keep retrying them.
+    Longer outages surface as errors: workers keep retrying them, the proxy
+    (retries=1) answers 503 at once rather than keep its clients waiting.
     """
     tcp_only = {} if url.startswith("unix://") else {"socket_keepalive": True}
     return Redis.from_url(
@@ -38,7 +39,7 @@ def connect(url: str) -> Redis:
         socket_connect_timeout=5.0,
         health_check_interval=15,
         **tcp_only,
-        retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=3),
+        retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=retries),
         retry_on_error=[ConnectionError, TimeoutError],
     )
 
@@ -82,6 +83,20 @@ async def check_server(redis: Redis, allow_eviction: bool) -> ServerCheck:
             "a Redis restart loses every queued message"
         )
     return check
+
+
+class StrictDurabilityUnsupported(UnsafeRedis):
+    """FERRY_DURABILITY=strict needs WAITAOF and an append-only file."""
+
+
+async def check_strict_durability(redis: Redis) -> None:
+    """Strict mode fsyncs every acknowledged message with WAITAOF (Redis 7.2+, Valkey)."""
+    try:
+        await redis.execute_command("WAITAOF", 1, 0, 100)
+    except ResponseError as error:
+        raise StrictDurabilityUnsupported(
+            f"FERRY_DURABILITY=strict needs WAITAOF with appendonly yes (Redis 7.2+ or Valkey): {error}"
+        ) from None
 
 
 def _text(value: bytes | str) -> str:

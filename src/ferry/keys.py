@@ -37,7 +37,13 @@ class Keys:
 
     @property
     def idempotency_prefix(self) -> str:
+        """Prefix of the key that maps a client's Idempotency-Key to the first message's id."""
         return f"{self.tag}:idem:"
+
+    @property
+    def rate_prefix(self) -> str:
+        """Prefix of an API key's token bucket (hash of tokens and last refill)."""
+        return f"{self.tag}:rate:"
 
     @property
     def retry(self) -> str:

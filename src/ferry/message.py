@@ -22,6 +22,14 @@ def new_message_id() -> str:
     return str(uuid_utils.uuid7())
 
 
+def id_time_ms(message_id: str) -> int:
+    """When a message id was made: a UUIDv7 starts with its Unix time in ms (0 if not one)."""
+    try:
+        return int(message_id.replace("-", "")[:12], 16)
+    except ValueError:
+        return 0
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -34,6 +42,7 @@ class NewMessage:
     body: bytes
     content_type: str
     idempotency_key: str = ""
+    rate_bucket: str = ""  # the API key's id, when its rate is limited
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+import os
+from collections.abc import Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from ferry.queue import Snapshot
 
 # The *_created series double every counter's output and no dashboard reads them.
 disable_created_metrics()
@@ -51,3 +66,65 @@ class WorkerMetrics:
         self.redis_up = self._redis_up.labels(worker_id)
         self.delivery_seconds = self._delivery.labels(worker_id)
         self.end_to_end_seconds = self._end_to_end.labels(worker_id)
+
+
+REQUEST_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class ProxyMetrics:
+    """The proxy's request metrics, summed over its processes.
+
+    With PROMETHEUS_MULTIPROC_DIR set (`ferry proxy` sets a fresh one per run),
+    each process writes its values to files there and any process's /metrics
+    reads them all; without it, they live in this process alone.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "proxy_requests", "HTTP requests answered.", ["method", "route", "status"], registry=self.registry
+        )
+        self.duration = Histogram(
+            "proxy_requests_duration_seconds",
+            "Time to answer a request.",
+            ["method", "route"],
+            buckets=REQUEST_BUCKETS_SECONDS,
+            registry=self.registry,
+        )
+        self.accepted = Counter(
+            "proxy_messages_accepted", "Messages stored and queued (202).", registry=self.registry
+        )
+
+    def render(self, snapshot: Snapshot | None) -> bytes:
+        """Prometheus text: every process's counters, and the queue as Redis says it is now."""
+        registry = self.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+        text = generate_latest(registry)
+        if snapshot is not None:
+            live = CollectorRegistry()
+            live.register(QueueCollector(snapshot))
+            text += generate_latest(live)
+        return text
+
+
+class QueueCollector(Collector):
+    """The queue's figures, read from Redis at scrape time (not kept per process)."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        snapshot = self.snapshot
+        yield GaugeMetricFamily("redis_queue_size", "Messages waiting: LLEN message_queue.", snapshot.size)
+        yield GaugeMetricFamily(
+            "ferry_queue_oldest_age_seconds",
+            "How long the next message in line has waited: the backlog in seconds.",
+            snapshot.oldest_age_seconds,
+        )
+        yield GaugeMetricFamily(
+            "ferry_retry_scheduled", "Messages waiting for another attempt.", snapshot.retry_scheduled
+        )
+        yield GaugeMetricFamily("ferry_dead_letters", "Messages in the dead-letter list.", snapshot.dead_letters)
+        yield GaugeMetricFamily("ferry_workers", "Workers holding a lease on the queue.", snapshot.workers)

@@ -15,25 +15,69 @@ from typing import Literal
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError
 
 from ferry.keys import Keys
-from ferry.message import Message, MessageStatus, NewMessage, now_ms
+from ferry.message import Message, MessageStatus, NewMessage, id_time_ms, now_ms
 
-EnqueueOutcome = Literal["queued", "existing", "full"]
+EnqueueOutcome = Literal["queued", "existing", "full", "limited"]
+FSYNC_TIMEOUT_MS = 2000
+
+
+class NotDurable(ConnectionError):
+    """Strict durability: Redis stored the message but did not fsync it in time.
+
+    A ConnectionError, so callers treat it as Redis being unavailable: no 202.
+    """
+
 
 
 @dataclass(frozen=True, slots=True)
 class Enqueued:
-    """What became of one message handed to `enqueue`."""
+    """What became of one message handed to `enqueue`.
+
+    `id` is the message's id when queued, the first message's id when its
+    idempotency key was seen before, and empty when refused; `wait_ms` says how
+    long a rate-limited client should wait.
+    """
 
     outcome: EnqueueOutcome
     id: str
+    wait_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What the proxy enforces while enqueueing (zeros: nothing)."""
+
+    max_queue_size: int = 0
+    rate_per_second: float = 0.0
+    rate_capacity: int = 1
+    idempotency_ttl_seconds: int = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The queue's health at a glance: what operators graph and alert on."""
+
+    size: int  # LLEN message_queue: the guide's backlog
+    oldest_age_seconds: float  # how long the next message in line has waited
+    retry_scheduled: int
+    dead_letters: int
+    workers: int  # workers holding a lease (alive or not yet reaped)
 
 
 @dataclass(frozen=True, slots=True)
 class Reaped:
     returned: int
     buried: int
+
+
+def _enqueued(outcome: bytes, detail: bytes | int) -> Enqueued:
+    if outcome == b"limited":
+        return Enqueued("limited", "", int(detail))
+    text = detail.decode() if isinstance(detail, bytes) else str(detail)
+    return Enqueued(outcome.decode(), text)  # type: ignore[arg-type]
 
 
 def _script(redis: Redis, name: str) -> AsyncScript:
@@ -59,27 +103,51 @@ class Queue:
     async def enqueue(
         self,
         messages: Sequence[NewMessage],
+        limits: Limits = Limits(),
         *,
-        max_queue_size: int = 0,
         all_or_nothing: bool = False,
-        idempotency_ttl_seconds: int = 86400,
+        fsync: bool = False,
     ) -> list[Enqueued]:
-        """Store and queue messages; a full queue (past `max_queue_size`) refuses them."""
-        args: list[str | bytes | int] = [
+        """Store and queue messages, one round trip for all of them.
+
+        Each is refused if the queue is full or its rate bucket is empty; with
+        `all_or_nothing`, one refusal refuses them all (one bucket for the lot).
+        With `fsync`, return only once the append-only file holds them on disk.
+        """
+        args: list[str | bytes | int | float] = [
             self.keys.message_prefix,
             now_ms(),
-            max_queue_size,
+            limits.max_queue_size,
             self.keys.idempotency_prefix,
-            idempotency_ttl_seconds,
+            limits.idempotency_ttl_seconds,
             1 if all_or_nothing else 0,
+            self.keys.rate_prefix,
+            limits.rate_per_second,
+            limits.rate_capacity,
         ]
         for message in messages:
-            args += [message.id, message.body, message.content_type, message.idempotency_key]
-        reply = await self._enqueue(keys=[self.keys.queue], args=args)
-        return [
-            Enqueued(reply[i].decode(), reply[i + 1].decode())  # type: ignore[arg-type]
-            for i in range(0, len(reply), 2)
-        ]
+            args += [
+                message.id,
+                message.body,
+                message.content_type,
+                message.idempotency_key,
+                message.rate_bucket,
+            ]
+        if fsync:
+            reply = await self._enqueue_fsynced(args)
+        else:
+            reply = await self._enqueue(keys=[self.keys.queue], args=args)
+        return [_enqueued(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
+
+    async def _enqueue_fsynced(self, args: list[str | bytes | int | float]) -> list[bytes]:
+        # WAITAOF waits for the writes of its own connection: one pipeline, one connection.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._enqueue(keys=[self.keys.queue], args=args, client=pipe)
+            pipe.execute_command("WAITAOF", 1, 0, FSYNC_TIMEOUT_MS)
+            reply, (fsynced_locally, _replicas) = await pipe.execute()
+        if fsynced_locally < 1:
+            raise NotDurable(f"not fsynced to the append-only file within {FSYNC_TIMEOUT_MS} ms")
+        return reply  # type: ignore[no-any-return]
 
     async def claim(
         self, worker_id: str, limit: int, *, block_seconds: float = 0
@@ -212,6 +280,20 @@ class Queue:
             return None
         fields.pop(b"body", None)
         return MessageStatus.from_hash(message_id, fields)
+
+    async def snapshot(self) -> Snapshot:
+        """One round trip for every figure of `Snapshot`."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(self.keys.queue)
+            pipe.lindex(self.keys.queue, -1)
+            pipe.zcard(self.keys.retry)
+            pipe.llen(self.keys.dead)
+            pipe.scard(self.keys.workers)
+            size, next_id, retry, dead, workers = await pipe.execute()
+        oldest = 0.0
+        if next_id is not None:
+            oldest = max(0.0, (now_ms() - id_time_ms(next_id.decode())) / 1000)
+        return Snapshot(int(size), oldest, int(retry), int(dead), int(workers))
 
     async def size(self) -> int:
         """The backlog: `LLEN message_queue`, as the guide reads it."""

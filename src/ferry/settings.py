@@ -82,6 +82,27 @@ class Settings(BaseSettings):
     proxy_certfile: Path | None = env("PROXY_CERTFILE", "The proxy's TLS certificate (PEM).")
     proxy_keyfile: Path | None = env("PROXY_KEYFILE", "The proxy's TLS private key (PEM).")
 
+    proxy_host: str = env("FERRY_PROXY_HOST", "Address the proxy listens on.", "127.0.0.1")
+    proxy_workers: int = env("FERRY_PROXY_WORKERS", "Proxy processes (uvicorn workers).", 1, ge=1, le=256)
+    proxy_client_ca_file: Path | None = env(
+        "FERRY_PROXY_CLIENT_CA_FILE", "Require client certificates signed by this CA (mTLS)."
+    )
+    api_keys_file: Path | None = env(
+        "FERRY_API_KEYS_FILE", "File of accepted API keys' SHA-256 hashes (hex), one per line."
+    )
+    health_metrics_need_key: bool = env(
+        "FERRY_HEALTH_METRICS_NEED_KEY", "Whether /api/v1/health and /metrics need an API key.", False
+    )
+    rate_limit_per_second: float = env(
+        "FERRY_RATE_LIMIT", "Messages per second per API key (0: no limit).", 0.0, ge=0
+    )
+    rate_limit_burst: int = env(
+        "FERRY_RATE_LIMIT_BURST", "Messages a key may send at once above its rate (0: one second's worth).", 0, ge=0
+    )
+    idempotency_ttl_seconds: int = env(
+        "FERRY_IDEMPOTENCY_TTL_SECONDS", "How long an Idempotency-Key maps to its first message.", 86400, ge=1
+    )
+
     # ferry's own
     home: Path = env("FERRY_HOME", "Data, embedded Valkey and dev certificates.", Path(".ferry"))
     api_keys: str = env("FERRY_API_KEYS", "Comma-separated API keys accepted by the proxy.", "")
@@ -160,7 +181,15 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value or None
 
-    @field_validator("main_server_ca_file", "main_server_cert_file", "main_server_key_file")
+    @field_validator(
+        "main_server_ca_file",
+        "main_server_cert_file",
+        "main_server_key_file",
+        "proxy_certfile",
+        "proxy_keyfile",
+        "proxy_client_ca_file",
+        "api_keys_file",
+    )
     @classmethod
     def _file_exists(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
@@ -184,7 +213,16 @@ class Settings(BaseSettings):
     def _cert_needs_key(self) -> Settings:
         if bool(self.main_server_cert_file) != bool(self.main_server_key_file):
             raise ValueError("MAIN_SERVER_CERT_FILE and MAIN_SERVER_KEY_FILE go together")
+        if bool(self.proxy_certfile) != bool(self.proxy_keyfile):
+            raise ValueError("PROXY_CERTFILE and PROXY_KEYFILE go together")
+        if self.proxy_client_ca_file and not self.proxy_certfile:
+            raise ValueError("FERRY_PROXY_CLIENT_CA_FILE needs PROXY_CERTFILE and PROXY_KEYFILE (mTLS is on top of TLS)")
         return self
+
+    @property
+    def rate_limit_capacity(self) -> int:
+        """Tokens a key's bucket holds: the burst, or one second's worth."""
+        return self.rate_limit_burst or max(1, int(self.rate_limit_per_second))
 
     @property
     def signing_key(self) -> bytes | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
+import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -67,12 +69,15 @@ def registered_workers(redis_url: str) -> set[str]:
     return {raw.decode() for raw in client(redis_url).smembers("{message_queue}:workers")}
 
 
+def scrape_text(url: str, context: ssl.SSLContext | None = None) -> str:
+    """/metrics as text, on a new connection each time."""
+    with urllib.request.urlopen(url, timeout=10, context=context) as response:
+        return response.read().decode()  # type: ignore[no-any-return]
+
+
 def scrape(port: int) -> dict[str, float]:
     """A worker's /metrics as {'name{label="v"}': value}."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
+    text = scrape_text(f"http://127.0.0.1:{port}/metrics")
     values = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

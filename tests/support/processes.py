@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -145,3 +146,91 @@ class Sink(FerryProcess):
 
     def message(self, message_id: str) -> tuple[int, dict[str, str], bytes]:
         return self.request("GET", f"/messages/{message_id}")
+
+
+class Proxy(FerryProcess):
+    """`ferry proxy` over HTTPS (or HTTP), and a client that speaks to it with an API key."""
+
+    def __init__(
+        self,
+        directory: Path,
+        redis_url: str,
+        certs: CertFiles | None,
+        args: list[str],
+        env: dict[str, str],
+        api_key: str = "test-key",
+    ) -> None:
+        self.port = free_port()
+        self.certs = certs
+        self.api_key = api_key
+        tls = ["--certfile", str(certs.server_cert), "--keyfile", str(certs.server_key)] if certs else []
+        base_env = {"REDIS_URL": redis_url, "FERRY_API_KEYS": api_key, "LOG_LEVEL": "WARNING"}
+        super().__init__(
+            ["proxy", "--port", str(self.port), *tls, *args],
+            {**base_env, **env},
+            directory / f"proxy-{self.port}.log",
+        )
+
+    @property
+    def base(self) -> str:
+        return f"{'https' if self.certs else 'http'}://localhost:{self.port}"
+
+    def context(self, client_cert: tuple[Path, Path] | None = None) -> ssl.SSLContext | None:
+        if self.certs is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.certs.ca))
+        if client_cert is not None:
+            context.load_cert_chain(*client_cert)
+        return context
+
+    def start(self) -> None:
+        super().start()
+        wait_until(self._answers, timeout=30)
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"proxy exited with {self.process.returncode}:\n{self.log()}")
+        try:  # uvicorn listens once the app has started
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        *,
+        key: str | None = "",
+        client_cert: tuple[Path, Path] | None = None,
+    ) -> tuple[int, dict[str, str], Any]:
+        """One request on a new connection; `key=None` sends no Authorization header."""
+        import http.client
+
+        connection: http.client.HTTPConnection
+        if self.certs is None:
+            connection = http.client.HTTPConnection("localhost", self.port, timeout=30)
+        else:
+            connection = http.client.HTTPSConnection(
+                "localhost", self.port, timeout=30, context=self.context(client_cert)
+            )
+        sent = dict(headers or {})
+        if key is not None:
+            sent["Authorization"] = f"Bearer {key or self.api_key}"
+        try:
+            connection.request(method, path, body=body, headers=sent)
+            response = connection.getresponse()
+            raw = response.read()
+            answer_headers = {name.lower(): value for name, value in response.getheaders()}
+        finally:
+            connection.close()
+        if answer_headers.get("content-type", "").startswith("application/json"):
+            return response.status, answer_headers, json.loads(raw)
+        return response.status, answer_headers, raw
+
+    def post(self, body: bytes, content_type: str = "application/json", **headers: str) -> tuple[int, dict[str, str], Any]:
+        sent = {"Content-Type": content_type, **{k.replace("_", "-"): v for k, v in headers.items()}}
+        return self.request("POST", "/api/v1/messages", body, sent)

@@ -1,49 +1,79 @@
--- enqueue: store each message's hash and push its id, as one atomic step, so a
--- message is either wholly queued or not at all.
+-- enqueue: for each message, check its idempotency key, the queue's cap and its
+-- API key's rate; then store its hash and push its id. One atomic step, so a
+-- message is either wholly queued or not at all, and checks cannot race.
 -- KEYS[1] queue
 -- ARGV: message prefix, now (ms), queue cap (0: none), idempotency prefix,
---       idempotency ttl (s), all-or-nothing ('1'/'0'), then per message:
---       id, body, content type, idempotency key ('' for none)
--- Returns per message: outcome ('queued', 'existing' or 'full'), id.
+--       idempotency ttl (s), all-or-nothing ('1'/'0'), rate bucket prefix,
+--       rate (per s, 0: none), bucket capacity, then per message:
+--       id, body, content type, idempotency key (''), rate bucket ('')
+-- Returns per message an outcome and its detail:
+--   'queued', id | 'existing', first id | 'full', '' | 'limited', wait (ms)
+local FIELDS, FIRST = 5, 10
 local queue = KEYS[1]
-local prefix, now, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local prefix, now, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local idempotency_prefix, idempotency_ttl = ARGV[4], ARGV[5]
 local all_or_nothing = ARGV[6] == '1'
-local count = (#ARGV - 6) / 4
+local rate_prefix, rate, capacity = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
+local count = (#ARGV - FIRST + 1) / FIELDS
 local length = redis.call('LLEN', queue)
 
-if all_or_nothing and cap > 0 and length + count > cap then
+-- Token bucket: take `cost` tokens, or say how many ms until there are enough.
+local function take_tokens(bucket, cost)
+  if rate <= 0 or bucket == '' then return 0 end
+  local key = rate_prefix .. bucket
+  local state = redis.call('HMGET', key, 'tokens', 'at')
+  local tokens = tonumber(state[1]) or capacity
+  local at = tonumber(state[2]) or now
+  tokens = math.min(capacity, tokens + math.max(0, now - at) * rate / 1000)
+  if tokens < cost then
+    return math.max(1, math.ceil((cost - tokens) * 1000 / rate))
+  end
+  redis.call('HSET', key, 'tokens', tokens - cost, 'at', now)
+  redis.call('PEXPIRE', key, math.ceil(capacity * 1000 / rate) + 1000)
+  return 0
+end
+
+local function refuse_all(outcome, detail)
   local refused = {}
-  for i = 0, count - 1 do
-    refused[#refused + 1] = 'full'
-    refused[#refused + 1] = ARGV[7 + 4 * i]
+  for _ = 1, count do
+    refused[#refused + 1] = outcome
+    refused[#refused + 1] = detail
   end
   return refused
 end
 
+if all_or_nothing then
+  if cap > 0 and length + count > cap then return refuse_all('full', '') end
+  local wait = take_tokens(ARGV[FIRST + 4], count)
+  if wait > 0 then return refuse_all('limited', wait) end
+end
+
 local results = {}
 for i = 0, count - 1 do
-  local id, body, content_type, idempotency = ARGV[7 + 4 * i], ARGV[8 + 4 * i], ARGV[9 + 4 * i], ARGV[10 + 4 * i]
-  local existing = false
-  if idempotency ~= '' then
-    existing = redis.call('GET', idempotency_prefix .. idempotency)
-  end
+  local base = FIRST + FIELDS * i
+  local id, body, content_type = ARGV[base], ARGV[base + 1], ARGV[base + 2]
+  local idempotency, bucket = ARGV[base + 3], ARGV[base + 4]
+  local existing = idempotency ~= '' and redis.call('GET', idempotency_prefix .. idempotency)
+  local outcome, detail = 'queued', id
   if existing then
-    results[#results + 1] = 'existing'
-    results[#results + 1] = existing
+    outcome, detail = 'existing', existing
   elseif cap > 0 and length >= cap then
-    results[#results + 1] = 'full'
-    results[#results + 1] = id
+    outcome, detail = 'full', ''
   else
-    redis.call('HSET', prefix .. id, 'body', body, 'content_type', content_type, 'status', 'queued',
-      'attempts', 0, 'returns', 0, 'created_at', now, 'updated_at', now)
-    redis.call('LPUSH', queue, id)
-    length = length + 1
-    if idempotency ~= '' then
-      redis.call('SET', idempotency_prefix .. idempotency, id, 'EX', idempotency_ttl)
+    local wait = all_or_nothing and 0 or take_tokens(bucket, 1)
+    if wait > 0 then
+      outcome, detail = 'limited', wait
+    else
+      redis.call('HSET', prefix .. id, 'body', body, 'content_type', content_type, 'status', 'queued',
+        'attempts', 0, 'returns', 0, 'created_at', now, 'updated_at', now)
+      redis.call('LPUSH', queue, id)
+      length = length + 1
+      if idempotency ~= '' then
+        redis.call('SET', idempotency_prefix .. idempotency, id, 'EX', idempotency_ttl)
+      end
     end
-    results[#results + 1] = 'queued'
-    results[#results + 1] = id
   end
+  results[#results + 1] = outcome
+  results[#results + 1] = detail
 end
 return results

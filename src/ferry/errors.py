@@ -1,0 +1,55 @@
+"""The proxy's error answers: JSON with a stable `error` code that clients may branch on."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import orjson
+from pydantic import BaseModel
+from starlette.responses import Response
+
+
+class ErrorCode(StrEnum):
+    UNAUTHORIZED = "unauthorized"  # 401: no key, or not one of ours (nothing more is said)
+    NOT_FOUND = "not_found"  # 404
+    METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
+    PAYLOAD_TOO_LARGE = "payload_too_large"  # 413: body over FERRY_MAX_BODY_BYTES
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415: a batch that is not JSON
+    INVALID_REQUEST = "invalid_request"  # 422: unreadable batch, bad header
+    RATE_LIMITED = "rate_limited"  # 429: over this key's rate
+    QUEUE_FULL = "queue_full"  # 503: past FERRY_MAX_QUEUE_SIZE
+    REDIS_UNAVAILABLE = "redis_unavailable"  # 503: nothing was stored
+
+
+STATUS = {
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.INVALID_REQUEST: 422,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.QUEUE_FULL: 503,
+    ErrorCode.REDIS_UNAVAILABLE: 503,
+}
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of the proxy."""
+
+    error: ErrorCode
+    detail: str
+
+
+def error_response(
+    code: ErrorCode, detail: str, retry_after_seconds: int | None = None
+) -> Response:
+    headers = {"Retry-After": str(retry_after_seconds)} if retry_after_seconds is not None else None
+    if code is ErrorCode.UNAUTHORIZED:
+        headers = {"WWW-Authenticate": "Bearer"}
+    return Response(
+        orjson.dumps({"error": code.value, "detail": detail}),
+        status_code=STATUS[code],
+        media_type="application/json",
+        headers=headers,
+    )

@@ -1,0 +1,243 @@
+"""The ingest routes, the proxy's hot path: read, check, store, answer.
+
+Plain Starlette endpoints, not FastAPI ones: FastAPI's per-request machinery
+costs a third of this route's throughput (DESIGN.md). Concurrent requests share
+one Redis call through a `Coalescer`, and each still gets its 202 only once its
+own message is stored. 202 is never said for a message that was not stored.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from ferry.auth import ApiKeys
+from ferry.batching import Coalescer
+from ferry.connection import UNAVAILABLE
+from ferry.errors import ErrorCode, error_response
+from ferry.message import NewMessage, new_message_id
+from ferry.metrics import ProxyMetrics
+from ferry.queue import Enqueued, Limits, Queue
+from ferry.settings import Settings
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+# How long to tell a client to wait when ferry cannot take its message now.
+REDIS_RETRY_AFTER_SECONDS = 1
+FULL_RETRY_AFTER_SECONDS = 5
+
+
+class MessageAccepted(BaseModel):
+    """`queued`: stored now (202). `existing`: the Idempotency-Key was seen; the first id (200)."""
+
+    id: str
+    status: Literal["queued", "existing"]
+
+
+class BatchItem(BaseModel):
+    """One message of a batch: exactly one of `json`, `body` (text) or `body_base64`."""
+
+    json_: Any = Field(None, alias="json", description="A JSON value, sent as application/json.")
+    body: str | None = Field(None, description="A text body, sent as UTF-8.")
+    body_base64: str | None = Field(None, description="Any bytes, base64-encoded.")
+    content_type: str | None = Field(None, max_length=255, description="Default: by the body's kind.")
+    idempotency_key: str | None = Field(None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS)
+
+    @model_validator(mode="after")
+    def _one_body(self) -> BatchItem:
+        given = [name for name in ("json", "body", "body_base64") if name in self._given()]
+        if len(given) != 1:
+            raise ValueError("give exactly one of json, body, body_base64")
+        return self
+
+    def _given(self) -> set[str]:
+        return {"json" if name == "json_" else name for name in self.model_fields_set}
+
+    def to_bytes(self) -> tuple[bytes, str]:
+        """The stored body and its Content-Type."""
+        if "json" in self._given():
+            return orjson.dumps(self.json_), self.content_type or "application/json"
+        if self.body is not None:
+            return self.body.encode(), self.content_type or "text/plain; charset=utf-8"
+        try:
+            raw = base64.b64decode(self.body_base64 or "", validate=True)
+        except ValueError:
+            raise ValueError("body_base64 is not valid base64") from None
+        return raw, self.content_type or DEFAULT_CONTENT_TYPE
+
+
+class BatchRequest(BaseModel):
+    messages: list[BatchItem] = Field(min_length=1)
+
+
+class BatchAccepted(BaseModel):
+    """The batch's messages in the order given, each with its id."""
+
+    messages: list[MessageAccepted]
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit_bytes: int) -> bytes:
+    """The body, refused as soon as it passes `limit_bytes`: a 2 GB upload is never read whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
+        raise BodyTooLarge
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def valid_idempotency_key(value: str) -> bool:
+    return 0 < len(value) <= MAX_IDEMPOTENCY_KEY_CHARS and value.isascii() and value.isprintable()
+
+
+def json_response(payload: dict[str, Any], status_code: int) -> Response:
+    return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json")
+
+
+class Ingest:
+    """POST /api/v1/messages and /api/v1/messages/batch."""
+
+    def __init__(
+        self, settings: Settings, queue: Queue, api_keys: ApiKeys, metrics: ProxyMetrics
+    ) -> None:
+        self.queue = queue
+        self.api_keys = api_keys
+        self.metrics = metrics
+        self.max_body_bytes = settings.max_body_bytes
+        self.max_batch = settings.max_batch
+        self.strict = settings.durability == "strict"
+        self.rate_limited = settings.rate_limit_per_second > 0
+        self.limits = Limits(
+            max_queue_size=settings.max_queue_size,
+            rate_per_second=settings.rate_limit_per_second,
+            rate_capacity=settings.rate_limit_capacity,
+            idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+        )
+        self.enqueuer: Coalescer[NewMessage, Enqueued] = Coalescer(self._store)
+
+    async def _store(self, messages: list[NewMessage], all_or_nothing: bool = False) -> list[Enqueued]:
+        return await self.queue.enqueue(
+            messages, self.limits, all_or_nothing=all_or_nothing, fsync=self.strict
+        )
+
+    async def message(self, request: Request) -> Response:
+        key_id = self.api_keys.identify(request.headers.get("authorization"))
+        if key_id is None:
+            return error_response(ErrorCode.UNAUTHORIZED, "a valid API key is required")
+        idempotency_key = request.headers.get("idempotency-key", "")
+        if idempotency_key and not valid_idempotency_key(idempotency_key):
+            return error_response(
+                ErrorCode.INVALID_REQUEST,
+                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters",
+            )
+        try:
+            body = await read_body(request, self.max_body_bytes)
+        except BodyTooLarge:
+            return error_response(ErrorCode.PAYLOAD_TOO_LARGE, f"the body is over {self.max_body_bytes} bytes")
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody is left to read it
+        message = NewMessage(
+            new_message_id(),
+            body,
+            request.headers.get("content-type", DEFAULT_CONTENT_TYPE),
+            idempotency_key,
+            key_id if self.rate_limited else "",
+        )
+        try:
+            result = await self.enqueuer.submit(message)
+        except UNAVAILABLE as error:
+            return unavailable(error)
+        return self._answer_one(result)
+
+    def _answer_one(self, result: Enqueued) -> Response:
+        if result.outcome == "queued":
+            self.metrics.accepted.inc()
+            return json_response({"id": result.id, "status": "queued"}, 202)
+        if result.outcome == "existing":
+            return json_response({"id": result.id, "status": "existing"}, 200)
+        return refusal(result)
+
+    async def batch(self, request: Request) -> Response:
+        key_id = self.api_keys.identify(request.headers.get("authorization"))
+        if key_id is None:
+            return error_response(ErrorCode.UNAUTHORIZED, "a valid API key is required")
+        if request.headers.get("idempotency-key"):
+            return error_response(
+                ErrorCode.INVALID_REQUEST, "a batch takes idempotency_key on each message, not the header"
+            )
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            return error_response(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "a batch is application/json")
+        try:
+            raw = await read_body(request, self.max_body_bytes)
+        except BodyTooLarge:
+            return error_response(ErrorCode.PAYLOAD_TOO_LARGE, f"the body is over {self.max_body_bytes} bytes")
+        except ClientDisconnect:
+            return Response(status_code=400)
+        try:
+            messages = self._batch_messages(raw, key_id)
+        except (ValidationError, ValueError) as error:
+            return error_response(ErrorCode.INVALID_REQUEST, describe(error))
+        try:
+            results = await self._store(messages, all_or_nothing=True)
+        except UNAVAILABLE as error:
+            return unavailable(error)
+        refused = next((result for result in results if result.outcome in ("full", "limited")), None)
+        if refused is not None:
+            return refusal(refused)
+        queued = sum(result.outcome == "queued" for result in results)
+        self.metrics.accepted.inc(queued)
+        answer = [{"id": result.id, "status": result.outcome} for result in results]
+        return json_response({"messages": answer}, 202)
+
+    def _batch_messages(self, raw: bytes, key_id: str) -> list[NewMessage]:
+        items = BatchRequest.model_validate_json(raw).messages
+        if len(items) > self.max_batch:
+            raise ValueError(f"a batch holds at most {self.max_batch} messages (FERRY_MAX_BATCH)")
+        bucket = key_id if self.rate_limited else ""
+        messages = []
+        for item in items:
+            body, content_type = item.to_bytes()
+            if len(body) > self.max_body_bytes:
+                raise ValueError(f"a message body is over {self.max_body_bytes} bytes")
+            messages.append(
+                NewMessage(new_message_id(), body, content_type, item.idempotency_key or "", bucket)
+            )
+        return messages
+
+
+def refusal(result: Enqueued) -> Response:
+    if result.outcome == "limited":
+        wait_seconds = max(1, -(-result.wait_ms // 1000))
+        return error_response(ErrorCode.RATE_LIMITED, "over this API key's rate", wait_seconds)
+    return error_response(
+        ErrorCode.QUEUE_FULL, "the queue is over its cap (FERRY_MAX_QUEUE_SIZE)", FULL_RETRY_AFTER_SECONDS
+    )
+
+
+def unavailable(error: BaseException) -> Response:
+    return error_response(
+        ErrorCode.REDIS_UNAVAILABLE, f"nothing was stored: {error}", REDIS_RETRY_AFTER_SECONDS
+    )
+
+
+def describe(error: ValidationError | ValueError) -> str:
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"{where}: {first['msg'].removeprefix('Value error, ')}" if where else first["msg"]
+    return str(error)

@@ -1,0 +1,293 @@
+"""The proxy's application: ingest, status, health and metrics routes, and its OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ferry import __version__
+from ferry.auth import ApiKeys
+from ferry.connection import UNAVAILABLE, connect
+from ferry.errors import STATUS, ErrorBody, ErrorCode, error_response
+from ferry.ingest import BatchAccepted, BatchRequest, Ingest, MessageAccepted, json_response
+from ferry.logs import get_logger
+from ferry.message import MessageStatus, Status
+from ferry.metrics import ProxyMetrics
+from ferry.queue import Queue
+from ferry.settings import Settings
+
+log = get_logger(__name__)
+
+MESSAGES = "/api/v1/messages"
+BATCH = "/api/v1/messages/batch"
+HEALTH_TIMEOUT_SECONDS = 1.0
+
+
+def status_json(found: MessageStatus) -> dict[str, Any]:
+    """The answer of GET /api/v1/messages/{id}: times in ISO 8601, UTC."""
+
+    def when(ms: int | None) -> str | None:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat() if ms else None
+
+    return {
+        "id": found.id,
+        "status": found.status.value,
+        "attempts": found.attempts,
+        "last_error": found.last_error,
+        "created_at": when(found.created_at_ms),
+        "updated_at": when(found.updated_at_ms),
+        "next_attempt_at": when(found.next_attempt_at_ms),
+        "delivered_at": when(found.delivered_at_ms),
+    }
+
+
+def create_app(settings: Settings, redis_url: str) -> FastAPI:
+    redis = connect(redis_url, retries=1)
+    queue = Queue(redis)
+    api_keys = ApiKeys.from_settings(settings)
+    metrics = ProxyMetrics()
+    ingest = Ingest(settings, queue, api_keys, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await redis.aclose()
+
+    app = FastAPI(
+        title="ferry proxy",
+        version=__version__,
+        description="Store-and-forward HTTPS message broker: 202 means stored in Redis.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    # The hot routes first, as plain Starlette routes (see ingest.py).
+    app.router.routes[:0] = [
+        Route(MESSAGES, ingest.message, methods=["POST"]),
+        Route(BATCH, ingest.batch, methods=["POST"]),
+    ]
+
+    def guarded(request: Request) -> Response | None:
+        """401 for health and metrics when FERRY_HEALTH_METRICS_NEED_KEY says so."""
+        if settings.health_metrics_need_key and api_keys.identify(request.headers.get("authorization")) is None:
+            return error_response(ErrorCode.UNAUTHORIZED, "a valid API key is required")
+        return None
+
+    @app.get(
+        MESSAGES + "/{message_id}",
+        summary="A message's status",
+        responses=_errors(ErrorCode.UNAUTHORIZED, ErrorCode.NOT_FOUND, ErrorCode.REDIS_UNAVAILABLE),
+    )
+    async def message_status(message_id: str, request: Request) -> Response:
+        if api_keys.identify(request.headers.get("authorization")) is None:
+            return error_response(ErrorCode.UNAUTHORIZED, "a valid API key is required")
+        try:
+            found = await queue.status(message_id)
+        except UNAVAILABLE as error:
+            return error_response(ErrorCode.REDIS_UNAVAILABLE, str(error), 1)
+        if found is None:
+            return error_response(ErrorCode.NOT_FOUND, "no such message (or its status has expired)")
+        return json_response(status_json(found), 200)
+
+    @app.get(
+        "/api/v1/health",
+        summary="200 when Redis answers, else 503 (for load balancers)",
+        responses=_errors(ErrorCode.UNAUTHORIZED, ErrorCode.REDIS_UNAVAILABLE),
+    )
+    async def health(request: Request) -> Response:
+        if (refused := guarded(request)) is not None:
+            return refused
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
+                await redis.ping()
+                size = await queue.size()
+        except (*UNAVAILABLE, asyncio.TimeoutError) as error:
+            return error_response(ErrorCode.REDIS_UNAVAILABLE, f"redis does not answer: {error!s}", 1)
+        return json_response({"status": "ok", "redis": "up", "queue_size": size}, 200)
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics, summed over every proxy process",
+        responses={200: {"content": {"text/plain": {}}}, **_errors(ErrorCode.UNAUTHORIZED)},
+    )
+    async def prometheus(request: Request) -> Response:
+        if (refused := guarded(request)) is not None:
+            return refused
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
+                snapshot = await queue.snapshot()
+        except (*UNAVAILABLE, asyncio.TimeoutError):
+            snapshot = None  # the request counters still tell the story
+        return Response(metrics.render(snapshot), media_type="text/plain; version=0.0.4")
+
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(RequestMetrics, metrics=metrics, static_paths=frozenset({MESSAGES, BATCH}))
+    app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
+    return app
+
+
+def _errors(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
+    return {STATUS[code]: {"model": ErrorBody, "description": code.value} for code in codes}
+
+
+async def _http_error(request: Request, error: HTTPException) -> Response:
+    code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(error.status_code)
+    if code is None:
+        return json_response({"error": "http_error", "detail": str(error.detail)}, error.status_code)
+    return error_response(code, str(error.detail))
+
+
+async def _validation_error(request: Request, error: RequestValidationError) -> Response:
+    first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(part) for part in first["loc"])
+    return error_response(ErrorCode.INVALID_REQUEST, f"{where}: {first['msg']}")
+
+
+async def _internal_error(request: Request, error: Exception) -> Response:
+    log.error("unexpected error", path=request.url.path, exc_info=error)
+    return json_response({"error": "internal_error", "detail": "see the proxy's log"}, 500)
+
+
+class RequestMetrics:
+    """Counts and times every answer by method, route template and status (pure ASGI: cheap).
+
+    Routes are named by template, never by raw path, so ids in paths cannot
+    blow up the metrics' cardinality.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ProxyMetrics, static_paths: frozenset[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.static_paths = static_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            template = getattr(scope.get("route"), "path", None)
+            if template is None:
+                template = scope["path"] if scope["path"] in self.static_paths else "unmatched"
+            method = scope["method"]
+            self.metrics.requests.labels(method, template, str(status)).inc()
+            self.metrics.duration.labels(method, template).observe(time.perf_counter() - started)
+
+
+def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """FastAPI documents its own routes; the two Starlette ingest routes are described here."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (MessageAccepted, BatchAccepted, BatchRequest, ErrorBody):
+        definition = model.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
+        components.update(definition.pop("$defs", {}))
+        components[model.__name__] = definition
+    components["MessageStatus"] = _status_schema()
+    security = [{"ApiKey": []}]
+    schema["components"]["securitySchemes"] = {"ApiKey": {"type": "http", "scheme": "bearer"}}
+
+    def ref(name: str) -> dict[str, Any]:
+        return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+
+    def errors(*codes: ErrorCode) -> dict[str, Any]:
+        return {str(STATUS[code]): {"description": code.value, **ref("ErrorBody")} for code in codes}
+
+    refusals = (
+        ErrorCode.UNAUTHORIZED,
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        ErrorCode.INVALID_REQUEST,
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.QUEUE_FULL,
+    )
+    schema["paths"][MESSAGES] = {
+        "post": {
+            "summary": "Hand over one message: 202 once it is stored in Redis",
+            "description": (
+                f"The body (up to {settings.max_body_bytes} bytes) and its Content-Type are kept "
+                "byte for byte and delivered as they are. A repeated Idempotency-Key answers the "
+                "first message's id with 200 and stores nothing."
+            ),
+            "security": security,
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    "text/plain": {"schema": {"type": "string"}},
+                },
+            },
+            "responses": {
+                "202": {"description": "stored and queued", **ref("MessageAccepted")},
+                "200": {"description": "an Idempotency-Key seen before", **ref("MessageAccepted")},
+                **errors(*refusals),
+            },
+        }
+    }
+    schema["paths"][BATCH] = {
+        "post": {
+            "summary": f"Hand over up to {settings.max_batch} messages at once, all or nothing",
+            "security": security,
+            "requestBody": {"required": True, **ref("BatchRequest")},
+            "responses": {
+                "202": {"description": "all stored and queued, ids in order", **ref("BatchAccepted")},
+                **errors(*refusals, ErrorCode.UNSUPPORTED_MEDIA_TYPE),
+            },
+        }
+    }
+    status_path = schema["paths"][MESSAGES + "/{message_id}"]["get"]
+    status_path["responses"]["200"] = {"description": "where the message is", **ref("MessageStatus")}
+    status_path["security"] = security
+    app.openapi_schema = schema
+    return schema
+
+
+def _status_schema() -> dict[str, Any]:
+    timestamp = {"type": ["string", "null"], "format": "date-time"}
+    return {
+        "type": "object",
+        "required": ["id", "status", "attempts"],
+        "properties": {
+            "id": {"type": "string"},
+            "status": {"type": "string", "enum": [status.value for status in Status]},
+            "attempts": {"type": "integer"},
+            "last_error": {"type": ["string", "null"]},
+            "created_at": timestamp,
+            "updated_at": timestamp,
+            "next_attempt_at": timestamp,
+            "delivered_at": timestamp,
+        },
+    }

@@ -1,0 +1,143 @@
+"""Running the proxy: checks before listening, TLS, uvicorn processes, metrics across them."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import shutil
+import ssl
+import tempfile
+
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.supervisors import Multiprocess
+
+from ferry.auth import ApiKeys, NoApiKeys
+from ferry.connection import (
+    UNAVAILABLE,
+    UnsafeRedis,
+    check_server,
+    check_strict_durability,
+    connect,
+    resolve_redis_url,
+)
+from ferry.logs import configure, get_logger
+from ferry.settings import Settings
+
+log = get_logger(__name__)
+
+# How the parent hands its resolved settings to uvicorn's worker processes.
+SETTINGS_ENV = "FERRY_INTERNAL_PROXY_SETTINGS"
+REDIS_URL_ENV = "FERRY_INTERNAL_PROXY_REDIS_URL"
+
+
+class ProxyRefused(Exception):
+    """The proxy will not start; the message says why in one line."""
+
+
+class ProxyConfig(uvicorn.Config):
+    """uvicorn's config, with TLS 1.2 as the oldest protocol it will speak."""
+
+    def load(self) -> None:
+        super().load()
+        if self.ssl is not None:
+            self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+
+
+def app_from_environment() -> FastAPI:
+    """The app in each uvicorn process, from the settings its parent resolved."""
+    from ferry.proxy import create_app
+
+    settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
+    configure(settings.log_level)
+    return create_app(settings, os.environ[REDIS_URL_ENV])
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def preflight(settings: Settings, insecure: bool) -> None:
+    """Everything that must hold before the proxy listens."""
+    if settings.proxy_certfile is None and not is_loopback(settings.proxy_host) and not insecure:
+        raise ProxyRefused(
+            f"refusing to serve plain HTTP on {settings.proxy_host}: give --certfile and --keyfile "
+            "(PROXY_CERTFILE, PROXY_KEYFILE), or --insecure"
+        )
+    try:
+        ApiKeys.from_settings(settings)
+    except (NoApiKeys, ValueError) as error:
+        raise ProxyRefused(str(error)) from None
+
+
+async def check_redis(settings: Settings, redis_url: str) -> None:
+    """Refuse an unsafe Redis now; a Redis that is down only means 503s until it is back."""
+    redis = connect(redis_url, retries=0)
+    try:
+        check = await check_server(redis, settings.allow_evicting_redis)
+        if settings.durability == "strict":
+            await check_strict_durability(redis)
+    except UNAVAILABLE as error:
+        log.warning("redis unavailable at start: answering 503 until it is back", error=str(error))
+        return
+    except UnsafeRedis as error:
+        raise ProxyRefused(str(error)) from None
+    finally:
+        await redis.aclose()
+    for warning in check.warnings:
+        log.warning("redis setup", problem=warning)
+
+
+def run_proxy(settings: Settings, insecure: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT; uvicorn lets requests in flight finish first."""
+    configure(settings.log_level)
+    preflight(settings, insecure)
+    redis_url, embedded = resolve_redis_url(settings)
+    # A fresh directory per run: stale files of an earlier run would add to the sums.
+    metrics_dir = tempfile.mkdtemp(prefix="ferry-proxy-metrics-")
+    try:
+        asyncio.run(check_redis(settings, redis_url))
+        os.environ.update(
+            {
+                "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+                SETTINGS_ENV: settings.model_dump_json(),
+                REDIS_URL_ENV: redis_url,
+            }
+        )
+        config = ProxyConfig(
+            "ferry.proxy_server:app_from_environment",
+            factory=True,
+            host=settings.proxy_host,
+            port=settings.proxy_port,
+            workers=settings.proxy_workers,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level=settings.log_level.lower(),
+            ssl_certfile=settings.proxy_certfile,
+            ssl_keyfile=settings.proxy_keyfile,
+            ssl_ca_certs=settings.proxy_client_ca_file,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if settings.proxy_client_ca_file else ssl.CERT_NONE,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
+        )
+        log.info(
+            "proxy listening",
+            url=f"{'https' if settings.proxy_certfile else 'http'}://{settings.proxy_host}:{settings.proxy_port}",
+            workers=settings.proxy_workers,
+        )
+        server = uvicorn.Server(config)
+        if settings.proxy_workers > 1:
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+        else:
+            server.run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        if embedded is not None:
+            embedded.stop()
