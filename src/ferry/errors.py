@@ -42,11 +42,16 @@ class ErrorBody(BaseModel):
 
 
 def error_response(
-    code: ErrorCode, detail: str, retry_after_seconds: int | None = None
+    code: ErrorCode,
+    detail: str,
+    retry_after_seconds: int | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response:
-    headers = {"Retry-After": str(retry_after_seconds)} if retry_after_seconds is not None else None
+    headers = dict(headers or {})
+    if retry_after_seconds is not None:
+        headers["Retry-After"] = str(retry_after_seconds)
     if code is ErrorCode.UNAUTHORIZED:
-        headers = {"WWW-Authenticate": "Bearer"}
+        headers["WWW-Authenticate"] = "Bearer"
     return Response(
         orjson.dumps({"error": code.value, "detail": detail}),
         status_code=STATUS[code],

@@ -12,7 +12,7 @@ import base64
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -27,6 +27,7 @@ from ferry.settings import Settings
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 # How long to tell a client to wait when ferry cannot take its message now.
 REDIS_RETRY_AFTER_SECONDS = 1
 FULL_RETRY_AFTER_SECONDS = 5
@@ -42,11 +43,22 @@ class MessageAccepted(BaseModel):
 class BatchItem(BaseModel):
     """One message of a batch: exactly one of `json`, `body` (text) or `body_base64`."""
 
+    # One of three bodies, said so in the schema too; null is no string, so no None types.
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": [name]} for name in ("json", "body", "body_base64")]}
+    )
+
     json_: Any = Field(None, alias="json", description="A JSON value, sent as application/json.")
-    body: str | None = Field(None, description="A text body, sent as UTF-8.")
-    body_base64: str | None = Field(None, description="Any bytes, base64-encoded.")
-    content_type: str | None = Field(None, max_length=255, description="Default: by the body's kind.")
-    idempotency_key: str | None = Field(None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS)
+    body: str = Field(None, description="A text body, sent as UTF-8.")  # type: ignore[assignment]
+    body_base64: str = Field(  # type: ignore[assignment]
+        None, pattern=BASE64_PATTERN, description="Any bytes, base64-encoded."
+    )
+    content_type: str = Field(  # type: ignore[assignment]
+        None, pattern=r"^[\x20-\x7e]{1,255}$", description="Default: by the body's kind."
+    )
+    idempotency_key: str = Field(  # type: ignore[assignment]
+        None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS
+    )
 
     @model_validator(mode="after")
     def _one_body(self) -> BatchItem:
@@ -138,8 +150,8 @@ class Ingest:
         key_id = self.api_keys.identify(request.headers.get("authorization"))
         if key_id is None:
             return error_response(ErrorCode.UNAUTHORIZED, "a valid API key is required")
-        idempotency_key = request.headers.get("idempotency-key", "")
-        if idempotency_key and not valid_idempotency_key(idempotency_key):
+        idempotency_key = request.headers.get("idempotency-key")
+        if idempotency_key is not None and not valid_idempotency_key(idempotency_key):
             return error_response(
                 ErrorCode.INVALID_REQUEST,
                 f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters",
@@ -154,7 +166,7 @@ class Ingest:
             new_message_id(),
             body,
             request.headers.get("content-type", DEFAULT_CONTENT_TYPE),
-            idempotency_key,
+            idempotency_key or "",
             key_id if self.rate_limited else "",
         )
         try:
@@ -175,7 +187,7 @@ class Ingest:
         key_id = self.api_keys.identify(request.headers.get("authorization"))
         if key_id is None:
             return error_response(ErrorCode.UNAUTHORIZED, "a valid API key is required")
-        if request.headers.get("idempotency-key"):
+        if "idempotency-key" in request.headers:
             return error_response(
                 ErrorCode.INVALID_REQUEST, "a batch takes idempotency_key on each message, not the header"
             )

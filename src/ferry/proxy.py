@@ -148,7 +148,7 @@ async def _http_error(request: Request, error: HTTPException) -> Response:
     code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(error.status_code)
     if code is None:
         return json_response({"error": "http_error", "detail": str(error.detail)}, error.status_code)
-    return error_response(code, str(error.detail))
+    return error_response(code, str(error.detail), headers=error.headers)  # 405 keeps its Allow
 
 
 async def _validation_error(request: Request, error: RequestValidationError) -> Response:
@@ -209,6 +209,7 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
         components.update(definition.pop("$defs", {}))
         components[model.__name__] = definition
     components["MessageStatus"] = _status_schema()
+    components["BatchRequest"]["properties"]["messages"]["maxItems"] = settings.max_batch
     security = [{"ApiKey": []}]
     schema["components"]["securitySchemes"] = {"ApiKey": {"type": "http", "scheme": "bearer"}}
 
@@ -243,11 +244,12 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
                 }
             ],
             "requestBody": {
-                "required": True,
+                "required": False,  # an empty message (a ping) is a message too
+                # Any bytes of any type are a message: none of these bodies can be invalid.
                 "content": {
                     "application/json": {"schema": {}},
-                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                    "text/plain": {"schema": {"type": "string"}},
+                    "application/octet-stream": {"schema": {}},
+                    "text/plain": {"schema": {}},
                 },
             },
             "responses": {
