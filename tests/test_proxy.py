@@ -341,3 +341,27 @@ def test_redis_killed_mid_load_only_503_after_and_every_202_is_stored(
     redis = own_redis.client()
     assert all(redis.exists(f"{{message_queue}}:msg:{i}") for i in accepted)
     assert redis.llen("message_queue") == len(accepted)
+
+
+def test_strict_durability_fsyncs_before_202_or_refuses_a_server_that_cannot(
+    redis_kind: str, redis_url: str, start_proxy: StartProxy
+) -> None:
+    version = client(redis_url).info("server")
+    waitaof = "valkey_version" in version or tuple(map(int, version["redis_version"].split(".")[:2])) >= (7, 2)
+    if not waitaof:  # Debian's Redis 7.0 has no WAITAOF: strict mode must not pretend
+        refused = subprocess.run(
+            [ferry_command(), "proxy", "--port", str(free_port())],
+            env={"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url, "FERRY_API_KEYS": "k", "FERRY_DURABILITY": "strict"},
+            capture_output=True, text=True, timeout=30,
+        )
+        assert refused.returncode == 2 and "FERRY_DURABILITY=strict needs WAITAOF" in refused.stderr
+        return
+    proxy = start_proxy(redis_url, FERRY_DURABILITY="strict")
+    before = client(redis_url).info("persistence")["aof_last_write_status"]
+    status, _, answer = proxy.post(b'{"precious": true}')
+    assert status == 202 and before == "ok"
+    assert stored(redis_url, answer["id"])[b"body"] == b'{"precious": true}'
+    client(redis_url).config_set("appendonly", "no")  # nothing to fsync to: no 202 any more
+    status, _, answer = proxy.post(b"{}")
+    assert (status, answer["error"]) == (503, "redis_unavailable")
+    client(redis_url).config_set("appendonly", "yes")

@@ -144,8 +144,12 @@ class Queue:
         async with self.redis.pipeline(transaction=False) as pipe:
             await self._enqueue(keys=[self.keys.queue], args=args, client=pipe)
             pipe.execute_command("WAITAOF", 1, 0, FSYNC_TIMEOUT_MS)
-            reply, (fsynced_locally, _replicas) = await pipe.execute()
-        if fsynced_locally < 1:
+            reply, fsynced = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(fsynced, Exception):  # e.g. appendonly turned off meanwhile
+            raise NotDurable(f"cannot fsync: {fsynced}")
+        if fsynced[0] < 1:
             raise NotDurable(f"not fsynced to the append-only file within {FSYNC_TIMEOUT_MS} ms")
         return reply  # type: ignore[no-any-return]
 
