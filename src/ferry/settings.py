@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     worker_max_attempts: int = env(
         "WORKER_MAX_ATTEMPTS", "Delivery attempts before a message is dead-lettered.", 10000, ge=1
     )
-    worker_id: str = env("WORKER_ID", "This worker's name (default: host-pid).", "")
+    worker_id: str = env("WORKER_ID", "This worker's name in metrics and in Redis.", "")
     worker_metrics_port: int = env(
         "WORKER_METRICS_PORT", "Port of the worker's /metrics (0: off).", 9100, ge=0, le=65535
     )
@@ -263,3 +263,22 @@ def _describe(error: ValidationError) -> str:
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     return f"invalid setting {name}: {first['msg'].removeprefix('Value error, ')}{shown}"
+
+
+def reference_table() -> str:
+    """The README's configuration reference, made from this model so it cannot drift."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if name == "worker_id":
+            shown = "host-pid"
+        elif default is None or default == "":
+            shown = ""
+        elif isinstance(default, bool):
+            shown = str(default).lower()
+        elif isinstance(default, float) and default.is_integer():
+            shown = str(int(default))
+        else:
+            shown = str(default)
+        rows.append(f"| `{env_name(name)}` | {shown} | {field.description} |")
+    return "\n".join(rows)
