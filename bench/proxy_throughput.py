@@ -10,13 +10,16 @@ HTTP and HTTPS (trustme certificate), one at a time, each against a fresh Valkey
 - ferry batch:    `ferry proxy --workers 1`, `POST /api/v1/messages/batch`, 100 messages a request.
 
 Each target is run `--runs` times (interleaved, so drift hits all alike); the table shows
-medians, messages/s and the ratio of messages/s to the LPUSH baseline of the same scheme,
-plus CPU use of the server, Valkey, wrk and everything else ("other", steal time included:
-contention that makes a figure unreliable) during the run (100% = one core). A target with
-non-2xx answers or socket errors is marked void. With `--pin split` (the default) the server
-gets core 0 to itself and wrk + Valkey share core 1, so they never steal the server's core.
+the median req/s, its spread ((max - min) / median), messages/s, and the ratio of messages/s
+to the LPUSH baseline of the same scheme (so include `lpush` in `--targets`). It also shows
+the CPU used during the run (100% = one core) by the server, Valkey, wrk and everything else
+("other": other processes, unattributed kernel work; a busy machine makes figures unreliable).
+A target that answered non-2xx or had socket errors is marked VOID. With `--pin split` (the
+default) the server has core 0 to itself and wrk + Valkey share core 1, so they never take
+the server's core; `--pin none` leaves placement to the scheduler.
 
     python bench/proxy_throughput.py [--duration 10] [--runs 3] [--pin split|none]
+        [--targets bare lpush ferry batch] [--schemes http https]
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ assert len(BODY) == 500, len(BODY)
 
 @dataclass(frozen=True)
 class Target:
+    key: str  # as --targets names it
     name: str
     server: str  # "bare", "lpush" (bench/baseline_app.py) or "ferry"
     path: str
@@ -64,10 +68,17 @@ class Target:
 
 
 TARGETS = [
-    Target("bare baseline", "bare", "/api/v1/messages", BODY),
-    Target("LPUSH baseline", "lpush", "/api/v1/messages", BODY),
-    Target("ferry proxy", "ferry", "/api/v1/messages", BODY),
-    Target(f"ferry batch x{BATCH_SIZE}", "ferry", "/api/v1/messages/batch", BATCH_BODY, BATCH_SIZE),
+    Target("bare", "bare baseline", "bare", "/api/v1/messages", BODY),
+    Target("lpush", "LPUSH baseline", "lpush", "/api/v1/messages", BODY),
+    Target("ferry", "ferry proxy", "ferry", "/api/v1/messages", BODY),
+    Target(
+        "batch",
+        f"ferry batch x{BATCH_SIZE}",
+        "ferry",
+        "/api/v1/messages/batch",
+        BATCH_BODY,
+        BATCH_SIZE,
+    ),
 ]
 
 
@@ -338,6 +349,9 @@ def main() -> None:
         "--schemes", nargs="+", choices=["http", "https"], default=["http", "https"]
     )
     parser.add_argument(
+        "--targets", nargs="+", choices=[t.key for t in TARGETS], default=[t.key for t in TARGETS]
+    )
+    parser.add_argument(
         "--pin",
         choices=["split", "none"],
         default="split",
@@ -349,12 +363,12 @@ def main() -> None:
         sys.exit("wrk is not installed: apt-get install wrk (Debian/Ubuntu), then run this again.")
     if args.pin == "split" and (os.cpu_count() or 1) < 2:
         sys.exit("--pin split needs 2 cores; use --pin none")
-    targets = TARGETS
-    if not ferry_proxy_available():
+    targets = [target for target in TARGETS if target.key in args.targets]
+    if any(target.server == "ferry" for target in targets) and not ferry_proxy_available():
         print(
             "`ferry proxy --help` failed: skipping the ferry targets, measuring the baselines only."
         )
-        targets = [target for target in TARGETS if target.server != "ferry"]
+        targets = [target for target in targets if target.server != "ferry"]
 
     print(
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {len(BODY)}-byte JSON body, "
@@ -380,7 +394,7 @@ def main() -> None:
 
     print()
     print(
-        f"{'target':>17} {'scheme':>6} {'req/s':>9} {'msgs/s':>9} {'ratio':>6} "
+        f"{'target':>17} {'scheme':>6} {'req/s':>9} {'spread':>6} {'msgs/s':>9} {'ratio':>6} "
         f"{'server':>7} {'valkey':>7} {'wrk':>5} {'other':>6}  notes"
     )
     for scheme in args.schemes:
@@ -393,6 +407,7 @@ def main() -> None:
                 continue
             rps = statistics.median(run.rps for run in done)
             messages = rps * target.per_request
+            spread = (max(r.rps for r in done) - min(r.rps for r in done)) / rps
             ratio = f"{messages / reference:.2f}" if reference else "-"
             notes = []
             non_2xx, socket_errors = (
@@ -406,7 +421,7 @@ def main() -> None:
             ):
                 notes.append("queue shorter than the requests answered")
             print(
-                f"{target.name:>17} {scheme:>6} {rps:>9,.0f} {messages:>9,.0f} {ratio:>6} "
+                f"{target.name:>17} {scheme:>6} {rps:>9,.0f} {spread:>6.0%} {messages:>9,.0f} {ratio:>6} "
                 f"{statistics.median(r.server_cpu for r in done):>7.0%} "
                 f"{statistics.median(r.valkey_cpu for r in done):>7.0%} "
                 f"{statistics.median(r.wrk_cpu for r in done):>5.0%} "

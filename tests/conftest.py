@@ -56,8 +56,8 @@ def start_sink(tmp_path: Path, certs: CertFiles) -> Iterator[Callable[..., Sink]
 
     def start(*extra: str, tls: bool = True) -> Sink:
         sink = Sink(tmp_path, certs if tls else None, list(extra))
+        sinks.append(sink)  # before start: a sink that never got ready is still cleaned up
         sink.start()
-        sinks.append(sink)
         return sink
 
     yield start
@@ -86,8 +86,8 @@ def start_worker(tmp_path: Path, certs: CertFiles) -> Iterator[Callable[..., Fer
         process = FerryProcess(
             ["worker"], {**base, **{k: str(v) for k, v in env.items()}}, tmp_path / f"{worker_id}.log"
         )
-        process.start()
         workers.append(process)
+        process.start()
         return process
 
     yield start
@@ -102,8 +102,8 @@ def start_proxy(tmp_path: Path, certs: CertFiles) -> Iterator[Callable[..., Prox
 
     def start(redis_url: str, *args: str, tls: bool = True, **env: Any) -> Proxy:
         proxy = Proxy(tmp_path, redis_url, certs if tls else None, list(args), {k: str(v) for k, v in env.items()})
+        proxies.append(proxy)  # before start: a proxy that never got ready is still cleaned up
         proxy.start()
-        proxies.append(proxy)
         return proxy
 
     yield start

@@ -91,6 +91,79 @@ def proxy(
 
 
 @app.command()
+def up(
+    workers: Annotated[int, typer.Option(min=0, help="Worker processes.")] = 2,
+    proxy_workers: Annotated[int, typer.Option(min=1, help="Proxy processes.")] = 1,
+    sink_port: Annotated[int, typer.Option(help="Port of the reference main server (when MAIN_SERVER_URL is unset).")] = 8080,
+    base_metrics_port: Annotated[int, typer.Option(help="Metrics port of worker-1; worker-N gets base+N-1.")] = 9100,
+    log_level: Annotated[str | None, typer.Option(help="Log level [env LOG_LEVEL, INFO].")] = None,
+) -> None:
+    """The whole stack on this machine: Valkey, TLS, the main server, the proxy and workers."""
+    from ferry.stack import StackRefused, UpOptions, run_stack
+
+    settings = _settings(log_level=log_level.upper() if log_level else None)
+    try:
+        code = run_stack(settings, UpOptions(workers, proxy_workers, sink_port, base_metrics_port))
+    except StackRefused as error:
+        _fail(str(error))
+    raise typer.Exit(code)
+
+
+workers_app = typer.Typer(help="Supervised worker processes (the guide's start_multiple_workers).", no_args_is_help=True)
+app.add_typer(workers_app, name="workers")
+
+
+@workers_app.command("start")
+def workers_start(
+    num_workers: Annotated[int, typer.Option(min=0, help="Worker processes (ids worker-1..N).")] = 3,
+    concurrency: Annotated[int | None, typer.Option(help="Concurrent deliveries per worker [4].")] = None,
+    retry_interval: Annotated[float | None, typer.Option(help="Seconds between attempts [30].")] = None,
+    max_attempts: Annotated[int | None, typer.Option(help="Attempts before dead-lettering [10000].")] = None,
+    base_metrics_port: Annotated[int, typer.Option(help="Metrics port of worker-1; worker-N gets base+N-1.")] = 9100,
+    log_level: Annotated[str | None, typer.Option(help="Log level [INFO].")] = None,
+    autoscale: Annotated[bool, typer.Option(help="Scale on queue size and growth.")] = False,
+    min_workers: Annotated[int, typer.Option(min=0, help="Autoscaling floor.")] = 1,
+    max_workers: Annotated[int, typer.Option(min=1, help="Autoscaling ceiling.")] = 10,
+    scale_up_queue: Annotated[int, typer.Option(help="Queue size that adds a worker.")] = 1000,
+    scale_down_after: Annotated[float, typer.Option(help="Seconds of empty queue that remove a worker.")] = 60.0,
+    scale_cooldown: Annotated[float, typer.Option(help="Seconds between two scaling steps.")] = 30.0,
+    autoscale_interval: Annotated[float, typer.Option(help="Seconds between looks at the queue.")] = 5.0,
+    metrics_port: Annotated[int, typer.Option(help="The supervisor's own /metrics (0: off).")] = 0,
+    main_server_url: Annotated[str | None, typer.Option(help="Where to deliver [env MAIN_SERVER_URL].")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL [env REDIS_URL; unset: embedded Valkey].")] = None,
+) -> None:
+    """Start N workers, restart crashed ones, scale with SIGTTIN/SIGTTOU or --autoscale; SIGTERM drains all."""
+    from ferry.autoscaler import AutoscalePolicy
+    from ferry.worker_pool import run_workers
+
+    settings = _settings(
+        worker_concurrency=concurrency,
+        worker_retry_interval=retry_interval,
+        worker_max_attempts=max_attempts,
+        log_level=log_level.upper() if log_level else None,
+        main_server_url=main_server_url,
+        redis_url=redis_url,
+    )
+    if settings.main_server_url is None:
+        _fail("invalid setting MAIN_SERVER_URL: required by the workers (where to deliver)")
+    if autoscale and min_workers > max_workers:
+        _fail("--min-workers must not exceed --max-workers")
+    policy = (
+        AutoscalePolicy(
+            min_workers=min_workers,
+            max_workers=max_workers,
+            scale_up_queue=scale_up_queue,
+            scale_down_after_seconds=scale_down_after,
+            cooldown_seconds=scale_cooldown,
+            interval_seconds=autoscale_interval,
+        )
+        if autoscale
+        else None
+    )
+    raise typer.Exit(run_workers(settings, num_workers, base_metrics_port, policy, metrics_port))
+
+
+@app.command()
 def sink(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,

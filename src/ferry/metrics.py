@@ -128,3 +128,23 @@ class QueueCollector(Collector):
         )
         yield GaugeMetricFamily("ferry_dead_letters", "Messages in the dead-letter list.", snapshot.dead_letters)
         yield GaugeMetricFamily("ferry_workers", "Workers holding a lease on the queue.", snapshot.workers)
+
+
+class SupervisorMetrics:
+    """What `ferry workers start` and `ferry up` say about the processes they keep."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.workers = Gauge("ferry_supervisor_workers", "Worker processes wanted now.", registry=self.registry)
+        self.restarts = Counter(
+            "ferry_supervisor_restarts", "Crashed processes started again.", ["child"], registry=self.registry
+        )
+        self.decisions = Counter(
+            "ferry_autoscaler_decisions",
+            "Changes of the worker count, by direction and reason.",
+            ["direction", "reason"],
+            registry=self.registry,
+        )
+        self.queue_size = Gauge(
+            "ferry_autoscaler_queue_size", "Queue size at the autoscaler's last look.", registry=self.registry
+        )

@@ -1,0 +1,179 @@
+"""Keeping ferry's processes alive: start, restart with backoff, give up loudly, stop in order.
+
+Children run in sessions of their own: a Ctrl-C in the terminal reaches only the
+supervisor, which then stops each child once, gracefully, in a chosen order
+(a worker that got the terminal's SIGINT and then the supervisor's SIGTERM would
+take the second as "stop now"). On Linux each child also gets SIGTERM if the
+supervisor dies, so no orphan keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import random
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ferry.logs import get_logger
+
+log = get_logger(__name__)
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM me when my parent dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def ferry_argv(*args: str) -> list[str]:
+    """Run a ferry command with this interpreter, whatever PATH says."""
+    return [sys.executable, "-m", "ferry", *args]
+
+
+@dataclass
+class ChildSpec:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    group: str  # children stop group by group, in the order given to stop_all
+
+
+class State(Enum):
+    RUNNING = "running"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+@dataclass
+class RestartPolicy:
+    """Restart after 1, 2, 4... s (capped, jittered); give up after `max_crashes` in `window_seconds`."""
+
+    first_delay_seconds: float = 1.0
+    max_delay_seconds: float = 30.0
+    max_crashes: int = 5
+    window_seconds: float = 60.0
+
+
+@dataclass
+class Child:
+    spec: ChildSpec
+    process: asyncio.subprocess.Process | None = None
+    state: State = State.RUNNING
+    crashes: deque[float] = field(default_factory=deque)
+    watcher: asyncio.Task[None] | None = None
+
+
+class Supervisor:
+    """The children of one ferry command, each watched by a task of its own."""
+
+    def __init__(
+        self,
+        policy: RestartPolicy | None = None,
+        on_restart: Callable[[str], None] | None = None,
+    ) -> None:
+        self.policy = policy or RestartPolicy()
+        self.children: dict[str, Child] = {}
+        self.on_restart = on_restart
+        self.all_failed = asyncio.Event()
+
+    def running(self, group: str) -> list[str]:
+        return [name for name, child in self.children.items() if child.spec.group == group and child.state is State.RUNNING]
+
+    async def add(self, spec: ChildSpec) -> None:
+        child = Child(spec)
+        self.children[spec.name] = child
+        await self._spawn(child)
+        child.watcher = asyncio.create_task(self._watch(child), name=f"watch {spec.name}")
+
+    async def _spawn(self, child: Child) -> None:
+        child.process = await asyncio.create_subprocess_exec(
+            *child.spec.argv,
+            env=child.spec.env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        log.info("started", child=child.spec.name, pid=child.process.pid)
+
+    async def _watch(self, child: Child) -> None:
+        while True:
+            assert child.process is not None
+            code = await child.process.wait()
+            if child.state is not State.RUNNING:
+                log.info("stopped", child=child.spec.name, exit_code=code)
+                return
+            delay = self._crashed(child, code)
+            if delay is None:
+                return
+            await asyncio.sleep(delay)
+            if child.state is not State.RUNNING:
+                return
+            await self._spawn(child)
+            if self.on_restart is not None:
+                self.on_restart(child.spec.name)
+
+    def _crashed(self, child: Child, code: int) -> float | None:
+        """Note a crash; the delay before restarting, or None when giving up."""
+        now = time.monotonic()
+        child.crashes.append(now)
+        while child.crashes and child.crashes[0] < now - self.policy.window_seconds:
+            child.crashes.popleft()
+        if len(child.crashes) >= self.policy.max_crashes:
+            child.state = State.FAILED
+            log.error(
+                "giving up: it keeps crashing",
+                child=child.spec.name,
+                exit_code=code,
+                crashes=len(child.crashes),
+                window_seconds=self.policy.window_seconds,
+            )
+            if all(c.state is State.FAILED for c in self.children.values()):
+                self.all_failed.set()
+            return None
+        delay = min(
+            self.policy.max_delay_seconds,
+            self.policy.first_delay_seconds * 2 ** (len(child.crashes) - 1),
+        )
+        delay *= random.uniform(0.8, 1.2)
+        log.warning("crashed, restarting", child=child.spec.name, exit_code=code, restart_in_seconds=round(delay, 2))
+        return delay
+
+    async def remove(self, name: str, timeout_seconds: float) -> None:
+        """Stop one child gracefully (SIGTERM, then SIGKILL after `timeout_seconds`)."""
+        child = self.children.pop(name)
+        await self._stop(child, timeout_seconds)
+
+    async def _stop(self, child: Child, timeout_seconds: float) -> None:
+        previous, child.state = child.state, State.STOPPING
+        process = child.process
+        if previous is State.FAILED or process is None or process.returncode is not None:
+            if child.watcher is not None:
+                child.watcher.cancel()
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout_seconds)
+        except asyncio.TimeoutError:
+            log.error("did not stop in time, killing it", child=child.spec.name, timeout_seconds=timeout_seconds)
+            process.kill()
+            await process.wait()
+        if child.watcher is not None:
+            await asyncio.gather(child.watcher, return_exceptions=True)
+
+    async def stop_all(self, groups: list[str], timeout_seconds: float) -> None:
+        """Stop group after group; within a group, all at once."""
+        for group in groups:
+            names = [name for name, child in self.children.items() if child.spec.group == group]
+            await asyncio.gather(*(self.remove(name, timeout_seconds) for name in names))
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    return {**os.environ, **overrides}

@@ -1,0 +1,163 @@
+"""The guide's start_multiple_workers: worker-1..N, metrics on base..base+N-1, scaled live."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from ferry.autoscaler import Autoscaler, AutoscalePolicy
+from prometheus_client import start_http_server
+
+from ferry.connection import UNAVAILABLE, connect, resolve_redis_url
+from ferry.logs import configure, get_logger
+from ferry.metrics import SupervisorMetrics
+from ferry.queue import Queue
+from ferry.settings import Settings, env_name
+from ferry.supervisor import ChildSpec, Supervisor, child_env, ferry_argv
+
+log = get_logger(__name__)
+
+WORKER_GROUP = "worker"
+
+
+def settings_env(settings: Settings, redis_url: str) -> dict[str, str]:
+    """The resolved settings as environment variables: a child sees what its parent decided."""
+    values = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is not None and name != "worker_id":
+            values[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+    values["REDIS_URL"] = redis_url
+    return values
+
+
+@dataclass
+class WorkerPool:
+    supervisor: Supervisor
+    settings: Settings
+    redis_url: str
+    base_metrics_port: int
+    metrics: SupervisorMetrics
+    # One change of size at a time: the autoscaler and a signal may ask together.
+    _resizing: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def size(self) -> int:
+        return len([n for n, c in self.supervisor.children.items() if c.spec.group == WORKER_GROUP])
+
+    def metrics_ports(self) -> list[int]:
+        return [self.base_metrics_port + i for i in range(self.size)]
+
+    def _spec(self, number: int) -> ChildSpec:
+        env = settings_env(self.settings, self.redis_url)
+        env |= {"WORKER_ID": f"worker-{number}", "WORKER_METRICS_PORT": str(self.base_metrics_port + number - 1)}
+        return ChildSpec(f"worker-{number}", ferry_argv("worker"), child_env(**env), WORKER_GROUP)
+
+    async def scale_to(self, count: int) -> None:
+        """Add workers with the next numbers, or stop the highest-numbered ones gracefully."""
+        async with self._resizing:
+            count = max(0, count)
+            while self.size < count:
+                await self.supervisor.add(self._spec(self.size + 1))
+            while self.size > count:
+                await self.supervisor.remove(f"worker-{self.size}", self.stop_timeout_seconds)
+            self.metrics.workers.set(self.size)
+
+    @property
+    def stop_timeout_seconds(self) -> float:
+        # The worker's own grace period, and time to give back what it holds.
+        return self.settings.shutdown_grace_seconds + 15
+
+
+async def autoscale(pool: WorkerPool, redis: Redis, policy: AutoscalePolicy) -> None:
+    """Look at the queue every interval; change the worker count when the autoscaler says so."""
+    autoscaler = Autoscaler(policy)
+    queue = Queue(redis)
+    while True:
+        await asyncio.sleep(policy.interval_seconds)
+        try:
+            size = await queue.size()
+        except UNAVAILABLE as error:
+            log.warning("autoscaler cannot read the queue", error=str(error))
+            continue
+        pool.metrics.queue_size.set(size)
+        decision = autoscaler.observe(time.monotonic(), size, pool.size)
+        if decision is None:
+            continue
+        log.info(
+            "autoscaling",
+            direction=decision.direction,
+            workers_from=pool.size,
+            workers_to=decision.workers,
+            reason=decision.reason,
+        )
+        pool.metrics.decisions.labels(decision.direction, decision.kind).inc()
+        await pool.scale_to(decision.workers)
+
+
+def handle_scaling_signals(pool: WorkerPool) -> None:
+    """SIGTTIN adds a worker, SIGTTOU removes one (gunicorn's convention), without a restart."""
+    loop = asyncio.get_running_loop()
+
+    def resize(step: int) -> None:
+        log.info("scaling by signal", workers_from=pool.size, workers_to=max(0, pool.size + step))
+        loop.create_task(pool.scale_to(pool.size + step))
+
+    loop.add_signal_handler(signal.SIGTTIN, resize, 1)
+    loop.add_signal_handler(signal.SIGTTOU, resize, -1)
+
+
+async def serve_workers(
+    settings: Settings,
+    redis_url: str,
+    num_workers: int,
+    base_metrics_port: int,
+    policy: AutoscalePolicy | None,
+    metrics_port: int,
+) -> int:
+    """Run the pool until SIGTERM/SIGINT (0), or until every worker keeps crashing (1)."""
+    metrics = SupervisorMetrics()
+    if metrics_port:
+        start_http_server(metrics_port, registry=metrics.registry)
+    supervisor = Supervisor(on_restart=lambda name: metrics.restarts.labels(name).inc())
+    pool = WorkerPool(supervisor, settings, redis_url, base_metrics_port, metrics)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    handle_scaling_signals(pool)
+    await pool.scale_to(policy.min_workers if policy and num_workers < policy.min_workers else num_workers)
+    log.info("workers started", workers=pool.size, metrics_ports=pool.metrics_ports(), autoscale=policy is not None)
+    redis = connect(redis_url)
+    scaling = [asyncio.create_task(autoscale(pool, redis, policy))] if policy else []
+    failed = asyncio.create_task(supervisor.all_failed.wait())
+    await asyncio.wait([asyncio.create_task(stopping.wait()), failed], return_when=asyncio.FIRST_COMPLETED)
+    for task in scaling:
+        task.cancel()
+    await asyncio.gather(*scaling, return_exceptions=True)
+    log.info("stopping workers", workers=pool.size)
+    await supervisor.stop_all([WORKER_GROUP], pool.stop_timeout_seconds)
+    await redis.aclose()
+    return 1 if failed.done() else 0
+
+
+def run_workers(
+    settings: Settings,
+    num_workers: int,
+    base_metrics_port: int,
+    policy: AutoscalePolicy | None,
+    metrics_port: int,
+) -> int:
+    configure(settings.log_level)
+    redis_url, embedded = resolve_redis_url(settings)
+    try:
+        return asyncio.run(
+            serve_workers(settings, redis_url, num_workers, base_metrics_port, policy, metrics_port)
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
