@@ -18,6 +18,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ferry import __version__
+from ferry.admin import add_admin_routes
 from ferry.auth import ApiKeys
 from ferry.connection import UNAVAILABLE, connect
 from ferry.errors import STATUS, ErrorBody, ErrorCode, error_response
@@ -53,7 +54,33 @@ def status_json(found: MessageStatus) -> dict[str, Any]:
     }
 
 
-def create_app(settings: Settings, redis_url: str) -> FastAPI:
+class AsgiEndpoint:
+    """An ASGI callable that Starlette's Route will not wrap as a request/response function."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+class Dispatch:
+    """Sends the two ingest routes' POSTs straight to their ASGI endpoints; all else to FastAPI."""
+
+    def __init__(self, fast: dict[tuple[str, str], ASGIApp], fallback: ASGIApp) -> None:
+        self.fast = fast
+        self.fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            endpoint = self.fast.get((scope["method"], scope["path"]))
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self.fallback(scope, receive, send)
+
+
+def create_app(settings: Settings, redis_url: str) -> ASGIApp:
     redis = connect(redis_url, retries=1)
     queue = Queue(redis)
     api_keys = ApiKeys.from_settings(settings)
@@ -73,10 +100,10 @@ def create_app(settings: Settings, redis_url: str) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
-    # The hot routes first, as plain Starlette routes (see ingest.py).
+    # Registered here too, so that other methods on these paths get a 405 with Allow.
     app.router.routes[:0] = [
-        Route(MESSAGES, ingest.message, methods=["POST"]),
-        Route(BATCH, ingest.batch, methods=["POST"]),
+        Route(MESSAGES, AsgiEndpoint(ingest.message), methods=["POST"]),
+        Route(BATCH, AsgiEndpoint(ingest.batch), methods=["POST"]),
     ]
 
     def guarded(request: Request) -> Response | None:
@@ -132,12 +159,13 @@ def create_app(settings: Settings, redis_url: str) -> FastAPI:
             snapshot = None  # the request counters still tell the story
         return Response(metrics.render(snapshot), media_type="text/plain; version=0.0.4")
 
+    add_admin_routes(app, settings, queue, api_keys)
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
-    app.add_middleware(RequestMetrics, metrics=metrics, static_paths=frozenset({MESSAGES, BATCH}))
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
-    return app
+    fast = {("POST", MESSAGES): ingest.message, ("POST", BATCH): ingest.batch}
+    return RequestMetrics(Dispatch(fast, app), metrics, static_paths=frozenset({MESSAGES, BATCH}))
 
 
 def _errors(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
@@ -173,6 +201,7 @@ class RequestMetrics:
         self.app = app
         self.metrics = metrics
         self.static_paths = static_paths
+        self._labelled: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -193,9 +222,21 @@ class RequestMetrics:
             template = getattr(scope.get("route"), "path", None)
             if template is None:
                 template = scope["path"] if scope["path"] in self.static_paths else "unmatched"
-            method = scope["method"]
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.duration.labels(method, template).observe(time.perf_counter() - started)
+            counted, timed = self._series(scope["method"], template, status)
+            counted.inc()
+            timed.observe(time.perf_counter() - started)
+
+    def _series(self, method: str, template: str, status: int) -> tuple[Any, Any]:
+        """The labelled counter and histogram, looked up once per label set (labels() is slow)."""
+        key = (method, template, status)
+        found = self._labelled.get(key)
+        if found is None:
+            found = (
+                self.metrics.requests.labels(method, template, str(status)),
+                self.metrics.duration.labels(method, template),
+            )
+            self._labelled[key] = found
+        return found
 
 
 def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
@@ -240,7 +281,7 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": False,
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "schema": {"type": "string", "pattern": "^[\\x20-\\x7e]{1,255}$"},
                 }
             ],
             "requestBody": {

