@@ -131,7 +131,7 @@ async def test_bury_moves_to_dead_letters_and_replay_resets_attempts(queue: Queu
     assert await places(queue, sent.id) == ["dead"]
     assert await queue.dead_ids() == [sent.id]
 
-    assert await queue.replay([sent.id]) == 1
+    assert (await queue.replay([sent.id])).count == 1
     assert await places(queue, sent.id) == ["queue"]
     [again] = await queue.claim("w1", 1)
     assert again.attempt == 1 and again.body == sent.body

@@ -34,6 +34,12 @@ class ApiKeys:
             hashes += read_hashes(settings.api_keys_file)
         return cls(hashes)
 
+    @classmethod
+    def admin_from_settings(cls, settings: Settings) -> ApiKeys | None:
+        """The keys of FERRY_ADMIN_API_KEYS, or None: no one may administer."""
+        keys = [key.strip() for key in settings.admin_api_keys.split(",") if key.strip()]
+        return cls([key_hash(key) for key in keys]) if keys else None
+
     def identify(self, authorization: str | None) -> str | None:
         """The id (hash prefix) of the key in an `Authorization: Bearer` header, if it is ours.
 

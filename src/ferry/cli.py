@@ -275,16 +275,21 @@ def dead_list(
     from rich.text import Text
 
     from ferry.connection import NoRedis, run_on_queue
+    from ferry.message import DeadLetter
+    from ferry.queue import Queue
+
+    async def read(queue: Queue) -> tuple[list[DeadLetter], int]:
+        return await queue.dead_letters(limit, offset), await queue.dead_size()
 
     settings = _settings(redis_url=redis_url)
     try:
-        letters = run_on_queue(settings, lambda queue: queue.dead_letters(limit, offset))
-        total = run_on_queue(settings, lambda queue: queue.dead_size())
+        letters, total = run_on_queue(settings, read)
     except NoRedis as error:
         _fail(str(error))
     if as_json:
-        page = {"dead_letters": [letter.as_json() for letter in letters], "total": total}
-        typer.echo(json.dumps({**page, "limit": limit, "offset": offset}, indent=2))
+        page = [letter.as_json() for letter in letters]
+        answer = {"dead_letters": page, "total": total, "limit": limit, "offset": offset}
+        typer.echo(json.dumps(answer, indent=2))
         return
     if not letters:
         typer.echo("no dead letters" if total == 0 else f"no dead letters past {offset} (of {total})")
@@ -298,8 +303,8 @@ def dead_list(
     table.add_column("last error")
     for letter in letters:
         # Text, not a string: an error that contains [brackets] is not Rich markup.
-        error = Text(_one_line(letter.last_error), no_wrap=True, overflow="ellipsis")
-        table.add_row(letter.id, str(letter.attempts), _age(letter.age_seconds()), error)
+        last_error = Text(_one_line(letter.last_error), no_wrap=True, overflow="ellipsis")
+        table.add_row(letter.id, str(letter.attempts), _age(letter.age_seconds()), last_error)
     Console().print(table)
 
 

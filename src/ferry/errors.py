@@ -11,6 +11,8 @@ from starlette.responses import Response
 
 class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"  # 401: no key, or not one of ours (nothing more is said)
+    FORBIDDEN = "forbidden"  # 403: a valid API key, but the route needs an admin key
+    ADMIN_DISABLED = "admin_disabled"  # 403: a valid API key, and no admin keys are configured
     NOT_FOUND = "not_found"  # 404
     METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
     PAYLOAD_TOO_LARGE = "payload_too_large"  # 413: body over FERRY_MAX_BODY_BYTES
@@ -23,6 +25,8 @@ class ErrorCode(StrEnum):
 
 STATUS = {
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.ADMIN_DISABLED: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,

@@ -189,7 +189,7 @@ class Ingest:
         message = NewMessage(
             new_message_id(),
             body,
-            headers.get("content-type", DEFAULT_CONTENT_TYPE),
+            headers.get("content-type", DEFAULT_CONTENT_TYPE).strip(),  # OWS is no part of a value
             idempotency_key or "",
             key_id if self.rate_limited else "",
         )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 import uuid_utils
 
@@ -91,3 +93,38 @@ class MessageStatus:
             next_attempt_at_ms=number("next_attempt_at"),
             delivered_at_ms=number("delivered_at"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message in the dead-letter list: what an operator needs to decide on a replay."""
+
+    id: str
+    attempts: int
+    returns: int  # times taken back from dead workers (a poison pill has many)
+    last_error: str | None
+    created_at_ms: int
+    died_at_ms: int  # its `updated_at`: nothing touches a dead letter after it dies
+
+    def age_seconds(self, now: int | None = None) -> float:
+        """How long it has been dead."""
+        if not self.died_at_ms:
+            return 0.0
+        return max(0.0, ((now_ms() if now is None else now) - self.died_at_ms) / 1000)
+
+    def as_json(self) -> dict[str, Any]:
+        """The same answer for `ferry dead list --json` and the admin API; times in ISO 8601, UTC."""
+        return {
+            "id": self.id,
+            "attempts": self.attempts,
+            "returns": self.returns,
+            "last_error": self.last_error,
+            "created_at": iso_time(self.created_at_ms),
+            "died_at": iso_time(self.died_at_ms),
+            "age_seconds": round(self.age_seconds(), 3),
+        }
+
+
+def iso_time(ms: int | None) -> str | None:
+    """A Unix time in ms as ISO 8601 in UTC; None for a time never set."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat() if ms else None

@@ -8,7 +8,7 @@ copy a message. See DESIGN.md, "Reliable queue".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Literal
@@ -18,10 +18,14 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError
 
 from ferry.keys import Keys
-from ferry.message import Message, MessageStatus, NewMessage, id_time_ms, now_ms
+from ferry.message import DeadLetter, Message, MessageStatus, NewMessage, id_time_ms, now_ms
 
 EnqueueOutcome = Literal["queued", "existing", "full", "limited"]
 FSYNC_TIMEOUT_MS = 2000
+# Dead letters moved or deleted per script call: each call holds Redis for about
+# a millisecond, so replaying or purging a million never stalls the workers.
+DEAD_LETTER_CHUNK = 1000
+DEAD_LETTER_FIELDS = ("attempts", "returns", "last_error", "created_at", "updated_at")
 
 
 class NotDurable(ConnectionError):
@@ -73,6 +77,27 @@ class Reaped:
     buried: int
 
 
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """What a replay or purge did: how many dead letters, and which ids given were none."""
+
+    count: int
+    not_dead: tuple[str, ...] = ()
+
+
+def _dead_letter(message_id: str, fields: list[bytes | None]) -> DeadLetter:
+    """A dead letter from its hash's fields (all None if the hash is gone)."""
+    attempts, returns, last_error, created_at, updated_at = fields
+    return DeadLetter(
+        id=message_id,
+        attempts=int(attempts or 0),
+        returns=int(returns or 0),
+        last_error=last_error.decode(errors="replace") if last_error else None,
+        created_at_ms=int(created_at or 0),
+        died_at_ms=int(updated_at or 0),
+    )
+
+
 def _enqueued(outcome: bytes, detail: bytes | int) -> Enqueued:
     if outcome == b"limited":
         return Enqueued("limited", "", int(detail))
@@ -85,8 +110,15 @@ def _script(redis: Redis, name: str) -> AsyncScript:
     return redis.register_script(source)  # type: ignore[return-value]
 
 
+_DeadLetterChunk = Callable[[int, Sequence[str]], Awaitable[list[bytes | int]]]
+
+
 class Queue:
-    """Every operation on the queue's keys; each is one Redis round trip."""
+    """Every operation on the queue's keys; each is one Redis round trip.
+
+    Dead-letter administration excepted: it reads a page in two round trips, and
+    changes a long list in chunks.
+    """
 
     def __init__(self, redis: Redis, keys: Keys | None = None) -> None:
         self.redis = redis
@@ -99,6 +131,7 @@ class Queue:
         self._reap = _script(redis, "reap")
         self._release = _script(redis, "release")
         self._replay = _script(redis, "replay")
+        self._purge = _script(redis, "purge")
 
     async def enqueue(
         self,
@@ -268,15 +301,70 @@ class Queue:
         )
         return int(released)
 
-    async def replay(self, message_ids: Sequence[str]) -> int:
-        """Put dead letters back on the queue with their attempts reset."""
-        if not message_ids:
-            return 0
-        replayed = await self._replay(
+    async def dead_letters(self, limit: int = 50, offset: int = 0) -> list[DeadLetter]:
+        """A page of the dead-letter list, the most recently dead first; two round trips."""
+        if limit <= 0:
+            return []
+        ids = [raw.decode() for raw in await self.redis.lrange(self.keys.dead, offset, offset + limit - 1)]
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for message_id in ids:
+                pipe.hmget(self.keys.message(message_id), list(DEAD_LETTER_FIELDS))
+            rows = await pipe.execute()
+        return [_dead_letter(message_id, row) for message_id, row in zip(ids, rows)]
+
+    async def replay(self, message_ids: Sequence[str]) -> Handled:
+        """Put dead letters back on the queue with their attempts reset; other ids are left alone."""
+        return await self._given(self._replay_chunk, message_ids)
+
+    async def replay_all(self) -> Handled:
+        """Put every dead letter back on the queue, the longest dead first."""
+        return await self._oldest(self._replay_chunk)
+
+    async def purge(self, message_ids: Sequence[str] | None = None) -> Handled:
+        """Delete dead letters and their bodies for good: the ids given, or (None) every one."""
+        if message_ids is None:
+            return await self._oldest(self._purge_chunk)
+        return await self._given(self._purge_chunk, message_ids)
+
+    async def _replay_chunk(self, oldest: int, message_ids: Sequence[str]) -> list[bytes | int]:
+        return await self._replay(  # type: ignore[no-any-return]
             keys=[self.keys.dead, self.keys.queue],
-            args=[self.keys.message_prefix, now_ms(), *message_ids],
+            args=[self.keys.message_prefix, now_ms(), oldest, *message_ids],
         )
-        return int(replayed)
+
+    async def _purge_chunk(self, oldest: int, message_ids: Sequence[str]) -> list[bytes | int]:
+        return await self._purge(  # type: ignore[no-any-return]
+            keys=[self.keys.dead], args=[self.keys.message_prefix, oldest, *message_ids]
+        )
+
+    async def _given(self, chunk: _DeadLetterChunk, message_ids: Sequence[str]) -> Handled:
+        """Each id once, a chunk of them per script call (each chunk atomic)."""
+        unique = list(dict.fromkeys(message_ids))
+        count, not_dead = 0, []
+        for start in range(0, len(unique), DEAD_LETTER_CHUNK):
+            reply = await chunk(0, unique[start : start + DEAD_LETTER_CHUNK])
+            count += int(reply[0])
+            not_dead += [raw.decode() for raw in reply[1:] if isinstance(raw, bytes)]
+        return Handled(count, tuple(not_dead))
+
+    async def _oldest(self, chunk: _DeadLetterChunk) -> Handled:
+        """The whole list, a chunk per script call from its oldest end.
+
+        Bounded by the length it had at the start: a replayed message that the
+        main server refuses again dies anew at the other end, and is not
+        replayed a second time in a loop that might never end.
+        """
+        remaining = await self.dead_size()
+        count = 0
+        while remaining > 0:
+            moved = int((await chunk(min(DEAD_LETTER_CHUNK, remaining), []))[0])
+            if moved == 0:
+                break
+            count += moved
+            remaining -= moved
+        return Handled(count)
 
     async def status(self, message_id: str) -> MessageStatus | None:
         fields = await self.redis.hgetall(self.keys.message(message_id))

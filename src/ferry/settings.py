@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     # ferry's own
     home: Path = env("FERRY_HOME", "Data, embedded Valkey and dev certificates.", Path(".ferry"))
     api_keys: str = env("FERRY_API_KEYS", "Comma-separated API keys accepted by the proxy.", "")
+    admin_api_keys: str = env(
+        "FERRY_ADMIN_API_KEYS",
+        "Comma-separated admin keys for the proxy's dead-letter routes (API keys never work there).",
+        "",
+    )
     lease_seconds: float = env(
         "FERRY_LEASE_SECONDS",
         "How long a silent worker keeps its in-flight messages before others take them back.",

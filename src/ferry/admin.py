@@ -1,0 +1,233 @@
+"""The proxy's dead-letter routes: list, replay, purge, for admin keys only.
+
+API keys send messages; they never read, replay or delete other clients'
+messages, so these routes take only the keys of FERRY_ADMIN_API_KEYS. No key,
+or one that is not ours: 401 (nothing more is said). A valid API key: 403
+`forbidden`, or 403 `admin_disabled` when no admin key is configured at all,
+so an operator learns which setting is missing.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.responses import Response
+
+from ferry.auth import ApiKeys
+from ferry.connection import UNAVAILABLE
+from ferry.errors import STATUS, ErrorBody, ErrorCode, error_response
+from ferry.ingest import REDIS_RETRY_AFTER_SECONDS, json_response
+from ferry.logs import get_logger
+from ferry.queue import Handled, Queue
+from ferry.settings import Settings
+
+log = get_logger(__name__)
+
+DEAD_LETTERS = "/api/v1/dead-letters"
+MAX_PAGE = 1000
+MAX_IDS = 1000
+MAX_ID_CHARS = 200
+MAX_OFFSET = 1_000_000_000  # keeps offset + limit a valid LRANGE index
+
+
+class DeadLetterOut(BaseModel):
+    """One dead letter; times in ISO 8601, UTC."""
+
+    id: str
+    attempts: int
+    returns: int = Field(description="Times taken back from workers that died delivering it.")
+    last_error: str | None
+    created_at: str | None
+    died_at: str | None
+    age_seconds: float = Field(description="How long it has been dead.")
+
+
+class DeadLetterPage(BaseModel):
+    """A page of the dead-letter list, the most recently dead first."""
+
+    dead_letters: list[DeadLetterOut]
+    total: int = Field(description="Dead letters in all.")
+    limit: int
+    offset: int
+
+
+class DeadLetterSelection(BaseModel):
+    """Which dead letters: `{"ids": [...]}` or `{"all": true}`, exactly one of them."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"oneOf": [{"required": ["ids"]}, {"required": ["all"]}]},
+    )
+
+    # Absent rather than null when not given, so no None in their types (nor in the schema).
+    ids: list[Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]] = Field(
+        None, min_length=1, max_length=MAX_IDS  # type: ignore[arg-type]
+    )
+    all: Literal[True] = Field(None)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DeadLetterSelection:
+        if len(self.model_fields_set & {"ids", "all"}) != 1:
+            raise ValueError('give exactly one of "ids" and "all": true')
+        return self
+
+
+class Replayed(BaseModel):
+    replayed: int
+    not_dead: list[str] = Field(description="Ids given that were not dead letters: left alone.")
+
+
+class Purged(BaseModel):
+    purged: int
+    not_dead: list[str] = Field(description="Ids given that were not dead letters: left alone.")
+
+
+class _Refused(Exception):
+    """Raised by the admin check so that nothing else of the request is looked at."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+async def _refused(request: Request, error: _Refused) -> Response:
+    return error.response
+
+
+def _errors(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
+    documented: dict[int | str, dict[str, Any]] = {}
+    for code in codes:  # two codes may share a status: one entry names both
+        entry = documented.setdefault(STATUS[code], {"model": ErrorBody, "description": ""})
+        entry["description"] = " or ".join(filter(None, [entry["description"], code.value]))
+    return documented
+
+
+REFUSALS = (
+    ErrorCode.UNAUTHORIZED,
+    ErrorCode.FORBIDDEN,
+    ErrorCode.ADMIN_DISABLED,
+    ErrorCode.INVALID_REQUEST,
+    ErrorCode.REDIS_UNAVAILABLE,
+)
+# The proxy's document defines one bearer scheme; on these routes its token is an admin key.
+ADMIN_SECURITY: dict[str, Any] = {"security": [{"ApiKey": []}]}
+ADMIN_ONLY = "Needs an admin key (FERRY_ADMIN_API_KEYS) as the bearer token; API keys get 403."
+# The route reads the body itself, after the key check (see `_selection`): described here.
+SELECTION_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": DeadLetterSelection.model_json_schema()}},
+    },
+    **ADMIN_SECURITY,
+}
+
+
+async def _selection(request: Request) -> DeadLetterSelection:
+    """The request's selection, read only once the caller has shown an admin key.
+
+    A body parameter would have FastAPI read and judge the body first: a client
+    without an admin key would learn about it, and an unreadable body would get
+    FastAPI's own 400 instead of a 422 with our code.
+    """
+    try:
+        return DeadLetterSelection.model_validate_json(await request.body())
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(["body", *(str(part) for part in first["loc"])])
+        detail = f"{where}: {first['msg'].removeprefix('Value error, ')}"
+        raise _Refused(error_response(ErrorCode.INVALID_REQUEST, detail)) from None
+
+
+def add_admin_routes(app: FastAPI, settings: Settings, queue: Queue, api_keys: ApiKeys) -> None:
+    """Add the dead-letter routes to the proxy's app."""
+    admin_keys = ApiKeys.admin_from_settings(settings)
+
+    def admin_only(request: Request) -> None:
+        """Note the admin key's id; refuse anyone else before their request is read further."""
+        authorization = request.headers.get("authorization")
+        if admin_keys is not None and (key_id := admin_keys.identify(authorization)) is not None:
+            request.state.admin_key = key_id
+            return
+        if api_keys.identify(authorization) is None:
+            raise _Refused(error_response(ErrorCode.UNAUTHORIZED, "a valid admin key is required"))
+        if admin_keys is None:
+            detail = "no admin keys are configured: set FERRY_ADMIN_API_KEYS"
+            raise _Refused(error_response(ErrorCode.ADMIN_DISABLED, detail))
+        detail = "an API key may not administer: use a key of FERRY_ADMIN_API_KEYS"
+        raise _Refused(error_response(ErrorCode.FORBIDDEN, detail))
+
+    router = APIRouter(
+        prefix=DEAD_LETTERS,
+        tags=["dead letters"],
+        dependencies=[Depends(admin_only)],
+        responses=_errors(*REFUSALS),
+    )
+
+    @router.get(
+        "",
+        summary="A page of dead letters, the most recently dead first",
+        description=ADMIN_ONLY,
+        response_model=DeadLetterPage,
+        response_description="the page, and how many there are in all",
+        openapi_extra=ADMIN_SECURITY,
+    )
+    async def list_dead_letters(
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    ) -> Response:
+        try:
+            letters = await queue.dead_letters(limit, offset)
+            total = await queue.dead_size()
+        except UNAVAILABLE as error:
+            return error_response(ErrorCode.REDIS_UNAVAILABLE, str(error), REDIS_RETRY_AFTER_SECONDS)
+        page = [letter.as_json() for letter in letters]
+        return json_response({"dead_letters": page, "total": total, "limit": limit, "offset": offset}, 200)
+
+    @router.post(
+        "/replay",
+        summary="Put dead letters back on the queue, attempts reset",
+        description=ADMIN_ONLY + ' Body: {"ids": [...]} or {"all": true}; all goes the longest dead first.',
+        response_model=Replayed,
+        response_description="how many were queued again; ids that were not dead letters",
+        openapi_extra=SELECTION_BODY,
+    )
+    async def replay_dead_letters(request: Request) -> Response:
+        selection = await _selection(request)
+        try:
+            handled = await (queue.replay_all() if selection.all else queue.replay(selection.ids))
+        except UNAVAILABLE as error:
+            return error_response(ErrorCode.REDIS_UNAVAILABLE, str(error), REDIS_RETRY_AFTER_SECONDS)
+        _log("dead letters replayed", request, selection, handled)
+        return json_response({"replayed": handled.count, "not_dead": list(handled.not_dead)}, 200)
+
+    @router.post(
+        "/purge",
+        summary="Delete dead letters and their bodies for good",
+        description=ADMIN_ONLY + ' Body: {"ids": [...]} or {"all": true}.',
+        response_model=Purged,
+        response_description="how many were deleted; ids that were not dead letters",
+        openapi_extra=SELECTION_BODY,
+    )
+    async def purge_dead_letters(request: Request) -> Response:
+        selection = await _selection(request)
+        try:
+            handled = await queue.purge(None if selection.all else selection.ids)
+        except UNAVAILABLE as error:
+            return error_response(ErrorCode.REDIS_UNAVAILABLE, str(error), REDIS_RETRY_AFTER_SECONDS)
+        _log("dead letters purged", request, selection, handled)
+        return json_response({"purged": handled.count, "not_dead": list(handled.not_dead)}, 200)
+
+    app.include_router(router)
+    app.add_exception_handler(_Refused, _refused)  # type: ignore[arg-type]
+
+
+def _log(event: str, request: Request, selection: DeadLetterSelection, handled: Handled) -> None:
+    """Who changed the dead-letter list, and how much: operators audit these."""
+    log.info(
+        event,
+        admin_key=request.state.admin_key,
+        all=bool(selection.all),
+        count=handled.count,
+        not_dead=len(handled.not_dead),
+    )
