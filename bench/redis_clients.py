@@ -64,23 +64,25 @@ class Client(Protocol):
 
 
 class RedisPy:
-    """redis-py's asyncio client (ferry's own); its script object runs EVALSHA, loading on NOSCRIPT."""
+    """redis-py's asyncio client, ferry's own; its script runs EVALSHA, loading on NOSCRIPT."""
 
     def __init__(self, port: int, hiredis: bool) -> None:
-        from redis._parsers import _AsyncRESP2Parser
+        from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser
         from redis.asyncio import ConnectionPool, Redis
 
-        parser = {} if hiredis else {"parser_class": _AsyncRESP2Parser}
-        self.redis = Redis(connection_pool=ConnectionPool(host="127.0.0.1", port=port, **parser))
+        parser = _AsyncHiredisParser if hiredis else _AsyncRESP2Parser
+        self.redis = Redis(
+            connection_pool=ConnectionPool(host="127.0.0.1", port=port, parser_class=parser)
+        )
 
     def register_script(self, source: str) -> ScriptCall:
-        return self.redis.register_script(source)  # type: ignore[return-value]
+        return self.redis.register_script(source)
 
     async def lpush(self, key: str, value: bytes) -> Any:
-        return await self.redis.lpush(key, value)
+        return await self.redis.lpush(key, value)  # type: ignore[misc]
 
     async def blpop(self, key: str, timeout: float) -> Any:
-        return await self.redis.blpop([key], timeout)
+        return await self.redis.blpop([key], timeout)  # type: ignore[misc]
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -90,7 +92,7 @@ class Coredis:
     """coredis 6: the client is an async context manager, entered before any command."""
 
     def __init__(self, port: int) -> None:
-        import coredis
+        import coredis  # type: ignore[import-not-found, unused-ignore]
 
         self.redis = coredis.Redis(host="127.0.0.1", port=port)
 
@@ -98,7 +100,7 @@ class Coredis:
         await self.redis.__aenter__()
 
     def register_script(self, source: str) -> ScriptCall:
-        return self.redis.register_script(source)  # type: ignore[return-value]
+        return self.redis.register_script(source)  # type: ignore[no-any-return, unused-ignore]
 
     async def lpush(self, key: str, value: bytes) -> Any:
         return await self.redis.lpush(key, [value])
@@ -114,22 +116,25 @@ class Glide:
     """valkey-glide: a Rust core over FFI; `invoke_script` runs EVALSHA, loading on NOSCRIPT."""
 
     def __init__(self, port: int) -> None:
-        import glide
+        import glide  # type: ignore[import-not-found, unused-ignore]
 
         self.glide = glide
         self.port = port
+        glide.Logger.set_logger_config(glide.LogLevel.ERROR)  # its warnings would cut the table
 
     async def start(self) -> None:
         address = self.glide.NodeAddress("127.0.0.1", self.port)
-        self.client = await self.glide.GlideClient.create(self.glide.GlideClientConfiguration([address]))
+        self.client = await self.glide.GlideClient.create(
+            self.glide.GlideClientConfiguration([address])
+        )
 
     def register_script(self, source: str) -> ScriptCall:
-        script = self.glide.Script(source)
+        script = self.glide.Script(source)  # type: ignore[no-untyped-call, unused-ignore]
 
         async def call(keys: list[str], args: list[Any]) -> Any:
             # glide takes only str and bytes: numbers must be turned into text first
             encoded = [arg if isinstance(arg, bytes | str) else str(arg) for arg in args]
-            return await self.client.invoke_script(script, keys=keys, args=encoded)  # type: ignore[arg-type]
+            return await self.client.invoke_script(script, keys=keys, args=encoded)
 
         return call
 
@@ -156,7 +161,7 @@ async def start(name: str, port: int) -> tuple[Client, Queue]:
     client = CLIENTS[name][2](port)
     if hasattr(client, "start"):
         await client.start()
-    return client, Queue(client)  # type: ignore[arg-type]
+    return client, Queue(client)  # type: ignore[arg-type, unused-ignore]
 
 
 @dataclass
@@ -191,9 +196,12 @@ async def measure(client: Client, queue: Queue, case: str, ops: int, concurrency
     op: Callable[[], Awaitable[Any]] = {
         "lpush": lambda: client.lpush(LPUSH_KEY, BODY),
         "enqueue": lambda: enqueue([NewMessage(new_message_id(), BODY, "application/json")]),
-        "coalesced": lambda: coalescer.submit(NewMessage(new_message_id(), BODY, "application/json")),
+        "coalesced": lambda: coalescer.submit(
+            NewMessage(new_message_id(), BODY, "application/json")
+        ),
     }[case]
-    await drive(max(ops // 20, concurrency), concurrency, op)  # warm-up: fills the pool, loads the script
+    # Warm-up: fills the connection pool and loads the script.
+    await drive(max(ops // 20, concurrency), concurrency, op)
     calls = 0
     wall, cpu = time.perf_counter(), time.process_time()
     await drive(ops, concurrency, op)
@@ -202,14 +210,18 @@ async def measure(client: Client, queue: Queue, case: str, ops: int, concurrency
 
 
 async def check(client: Client, queue: Queue, server: redis.Redis) -> list[str]:
-    """Problems with a binary body, or with cancelling calls (enqueues under load, a blocked BLPOP)."""
+    """Problems with a binary body, or with cancelling calls (enqueues in flight, a BLPOP)."""
     server.flushdb()
     problems = []
     [outcome] = await queue.enqueue([NewMessage("binary", BINARY_BODY, "application/octet-stream")])
-    if outcome.outcome != "queued" or server.hget(queue.keys.message("binary"), "body") != BINARY_BODY:
+    stored = server.hget(queue.keys.message("binary"), "body")
+    if outcome.outcome != "queued" or stored != BINARY_BODY:  # type: ignore[comparison-overlap]
         problems.append(f"binary body not stored intact ({outcome})")
     for name, calls in [
-        ("enqueues under load", [queue.enqueue([NewMessage(new_message_id(), BODY, "text/plain")]) for _ in range(500)]),
+        (
+            "enqueues under load",
+            [queue.enqueue([NewMessage(new_message_id(), BODY, "text/plain")]) for _ in range(500)],
+        ),
         ("a 1 s BLPOP", [client.blpop("bench:empty", 1)]),
     ]:
         tasks = [asyncio.ensure_future(call) for call in calls]
@@ -221,7 +233,10 @@ async def check(client: Client, queue: Queue, server: redis.Redis) -> list[str]:
         waited = (time.perf_counter() - started) * 1000
         swallowed = sum(not task.cancelled() and task.exception() is None for task in done)
         if pending or waited > 200 or swallowed == len(tasks):
-            problems.append(f"cancelling {name}: {len(pending)} still running, took {waited:.0f} ms")
+            problems.append(
+                f"cancelling {name}: {swallowed} ended without CancelledError, "
+                f"{len(pending)} still running after {waited:.0f} ms"
+            )
         try:
             if await client.lpush("bench:after-cancel", b"x") != 1:
                 problems.append(f"after cancelling {name}: wrong reply")
@@ -245,14 +260,23 @@ async def usable(port: int, server: redis.Redis) -> list[str]:
         except Exception as error:
             print(f"{name}: cannot run here, skipped: {error!r}")
             continue
-        problems = await check(client, queue, server)
-        await client.close()
-        print(f"{name}: " + ("; ".join(problems) or "binary body intact, cancellation prompt and clean"))
+        try:
+            problems = await check(client, queue, server)
+        except Exception as error:
+            problems = [f"check failed with {error!r}"]
+        finally:
+            await client.close()
+        print(
+            f"{name}: "
+            + ("; ".join(problems) or "binary body intact, cancellation prompt and clean")
+        )
         names.append(name)
     return names
 
 
-async def one_run(names: list[str], port: int, server: redis.Redis, args: argparse.Namespace) -> dict[tuple[str, str], Figure]:
+async def one_run(
+    names: list[str], port: int, server: redis.Redis, args: argparse.Namespace
+) -> dict[tuple[str, str], Figure]:
     figures: dict[tuple[str, str], Figure] = {}
     for name in names:
         client, queue = await start(name, port)
@@ -273,28 +297,51 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> None:
     valkey.start()
     try:
         server = valkey.client()
-        server.config_set("auto-aof-rewrite-percentage", 0)  # no fork in the middle of one client's turn
+        # No AOF rewrite (a fork) in the middle of one client's turn.
+        server.config_set("auto-aof-rewrite-percentage", 0)
         names = await usable(valkey.port, server)
         runs = [await one_run(names, valkey.port, server, args) for _ in range(args.runs)]
     finally:
         valkey.kill()
 
     def median(name: str, case: str, field: str) -> float:
-        return statistics.median(getattr(run[name, case], field) for run in runs)
+        return float(statistics.median(getattr(run[name, case], field) for run in runs))
 
-    base = median("redis-py+hiredis", "lpush", "rate") if "redis-py+hiredis" in names else float("nan")
-    print(f"\n{args.ops} ops of a {len(BODY)}-byte body, {args.concurrency} tasks, uvloop, medians of {args.runs} runs")
-    print(f"{'client':<17} {'case':<10} {'ops/s':>8} {'spread':>7} {'µs CPU/op':>10} {'ops/call':>9} {'µs CPU/call':>12} {'ratio':>6}")
+    base = "redis-py+hiredis", "lpush"
+    base_rate = median(*base, "rate") if base[0] in names else float("nan")
+    print(
+        f"\n{args.ops} ops of a {len(BODY)}-byte body, {args.concurrency} tasks, uvloop, "
+        f"medians of {args.runs} runs"
+    )
+    row = "{:<17} {:<10} {:>8} {:>7} {:>10} {:>9} {:>12} {:>6}"
+    print(
+        row.format(
+            "client", "case", "ops/s", "spread", "µs CPU/op", "ops/call", "µs CPU/call", "ratio"
+        )
+    )
     for name in names:
         for case in CASES:
             rate, cpu, per_call = (median(name, case, f) for f in ("rate", "cpu_us", "per_call"))
             rates = [run[name, case].rate for run in runs]
             spread = (max(rates) - min(rates)) / rate  # of ops/s across runs: how far to trust it
-            print(f"{name:<17} {case:<10} {rate:>8,.0f} {spread:>7.0%} {cpu:>10.1f} {per_call:>9.1f} {cpu * per_call:>12.1f} {rate / base:>6.2f}")
+            print(
+                row.format(
+                    name,
+                    case,
+                    f"{rate:,.0f}",
+                    f"{spread:.0%}",
+                    f"{cpu:.1f}",
+                    f"{per_call:.1f}",
+                    f"{cpu * per_call:.1f}",
+                    f"{rate / base_rate:.2f}",
+                )
+            )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--ops", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)

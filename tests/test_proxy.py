@@ -340,7 +340,9 @@ def test_redis_killed_mid_load_only_503_after_and_every_202_is_stored(
     own_redis.start()  # appendfsync always: what was acknowledged is on disk
     redis = own_redis.client()
     assert all(redis.exists(f"{{message_queue}}:msg:{i}") for i in accepted)
-    assert redis.llen("message_queue") == len(accepted)
+    # Besides those, at most the one request per client caught by the kill: stored, but
+    # its answer lost with the connection (a 503 the client retries: at least once).
+    assert len(accepted) <= redis.llen("message_queue") <= len(accepted) + len(threads)
 
 
 def test_strict_durability_fsyncs_before_202_or_refuses_a_server_that_cannot(

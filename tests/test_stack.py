@@ -186,7 +186,9 @@ def test_workers_are_added_and_removed_while_running_without_losing_messages(
     supervisor = workers_start(redis_url, sink, "--num-workers", "1", "--base-metrics-port", str(free_port_range(3)))
     wait_until(lambda: registered_workers(redis_url) == {"worker-1"}, timeout=30)
     enqueue(redis_url, [b"m%d" % n for n in range(300)])
+    # One signal at a time: Unix merges a signal into one still pending of the same kind.
     supervisor.signal(signal.SIGTTIN)
+    wait_until(lambda: registered_workers(redis_url) == {"worker-1", "worker-2"}, timeout=30)
     supervisor.signal(signal.SIGTTIN)
     wait_until(lambda: registered_workers(redis_url) == {"worker-1", "worker-2", "worker-3"}, timeout=30)
     supervisor.signal(signal.SIGTTOU)  # worker-3 drains and leaves

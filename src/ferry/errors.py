@@ -20,7 +20,7 @@ class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"  # 422: unreadable batch, bad header
     RATE_LIMITED = "rate_limited"  # 429: over this key's rate
     QUEUE_FULL = "queue_full"  # 503: past FERRY_MAX_QUEUE_SIZE
-    REDIS_UNAVAILABLE = "redis_unavailable"  # 503: nothing was stored
+    REDIS_UNAVAILABLE = "redis_unavailable"  # 503: not confirmed stored (if Redis died mid-call, it may be)
 
 
 STATUS = {

@@ -267,7 +267,9 @@ def refusal(result: Enqueued) -> Response:
 
 def unavailable(error: BaseException) -> Response:
     return error_response(
-        ErrorCode.REDIS_UNAVAILABLE, f"nothing was stored: {error}", REDIS_RETRY_AFTER_SECONDS
+        ErrorCode.REDIS_UNAVAILABLE,
+        f"Redis did not confirm the message; send it again (with an Idempotency-Key, safely): {error}",
+        REDIS_RETRY_AFTER_SECONDS,
     )
 
 
