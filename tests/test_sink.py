@@ -2,126 +2,19 @@
 
 from __future__ import annotations
 
-import http.client
 import json
-import shutil
 import signal
 import ssl
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support.certs import CertFiles, make_certs
-from tests.support.servers import free_port
+from tests.support.certs import CertFiles
+from tests.support.processes import Sink
 
-FERRY = shutil.which("ferry")
-pytestmark = pytest.mark.skipif(FERRY is None, reason="the ferry console script is not installed")
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class SinkProcess:
-    """One `ferry sink` the test owns: it may SIGKILL it and start it again on the same db."""
-
-    def __init__(self, db: Path, flags: list[str], client_context: ssl.SSLContext | None) -> None:
-        self.db = db
-        self.port = free_port()
-        self.flags = flags
-        self.client_context = client_context
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = db.with_suffix(".log")
-
-    def start(self) -> SinkProcess:
-        assert FERRY is not None
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [FERRY, "sink", "--port", str(self.port), "--db", str(self.db), *self.flags],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self._wait_ready()
-        return self
-
-    def _wait_ready(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"sink exited {self.process.returncode}: {self.log_path.read_text()}")
-            try:
-                if self.request("GET", "/stats").status == 200:
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"sink did not answer /stats: {self.log_path.read_text()}")
-
-    def connection(self, context: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
-        context = context or self.client_context
-        if context is None:
-            return http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=5, context=context)
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        context: ssl.SSLContext | None = None,
-    ) -> Answer:
-        """One request on a fresh connection, so each one sees whether the sink is listening."""
-        connection = self.connection(context)
-        try:
-            connection.request(method, path, body=body, headers=headers or {})
-            response = connection.getresponse()
-            return Answer(response.status, response.headers, response.read())
-        finally:
-            connection.close()
-
-    def deliver(self, message_id: str, body: bytes = b"{}", attempt: int = 1) -> Answer:
-        return self.request("POST", "/hooks", body, {"X-Message-Id": message_id, "X-Attempt": str(attempt)})
-
-    def post_json(self, path: str, payload: Any) -> Answer:
-        return self.request("POST", path, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-
-    def stats(self) -> dict[str, int]:
-        answer = self.request("GET", "/stats")
-        assert answer.status == 200
-        return answer.json()  # type: ignore[no-any-return]
-
-    def terminate(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=10)
-        self.process = None
-        return code
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
-StartSink = Callable[..., SinkProcess]
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
-    return make_certs(tmp_path_factory.mktemp("certs"))
+StartSink = Callable[..., Sink]
 
 
 def client_context(certs: CertFiles, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
@@ -132,31 +25,8 @@ def client_context(certs: CertFiles, cert: Path | None = None, key: Path | None 
     return context
 
 
-@pytest.fixture
-def start_sink(tmp_path: Path, certs: CertFiles) -> Iterator[StartSink]:
-    """Start sinks with the given flags (`tls=` none, "tls" or "mtls"); all killed at teardown."""
-    sinks: list[SinkProcess] = []
-
-    def start(*flags: str, tls: str | None = None, db: Path | None = None) -> SinkProcess:
-        flag_list = list(flags)
-        context = None
-        if tls is not None:
-            flag_list += ["--certfile", str(certs.server_cert), "--keyfile", str(certs.server_key)]
-            context = client_context(certs)
-        if tls == "mtls":
-            flag_list += ["--client-ca", str(certs.ca)]
-            context = client_context(certs, certs.client_cert, certs.client_key)
-        sink = SinkProcess(db or tmp_path / f"sink{len(sinks)}.db", flag_list, context)
-        sinks.append(sink)
-        return sink.start()
-
-    yield start
-    for sink in sinks:
-        sink.kill()
-
-
 def test_each_message_is_stored_once_and_repeats_count_as_duplicates(start_sink: StartSink) -> None:
-    sink = start_sink()
+    sink = start_sink(tls=False)
 
     first = sink.deliver("m-1", attempt=1)
     again = sink.deliver("m-1", attempt=2)
@@ -170,7 +40,7 @@ def test_each_message_is_stored_once_and_repeats_count_as_duplicates(start_sink:
 
 
 def test_body_and_content_type_come_back_byte_for_byte(start_sink: StartSink) -> None:
-    sink = start_sink()
+    sink = start_sink(tls=False)
     body = bytes(range(256)) + b"\xff\xfe\x00 not utf-8 \xc3\x28"
     content_type = "text/plain; charset=latin-1"
     signature = {"webhook-id": "msg_1", "webhook-timestamp": "1700000000", "webhook-signature": "v1,abc="}
@@ -189,7 +59,7 @@ def test_body_and_content_type_come_back_byte_for_byte(start_sink: StartSink) ->
 
 
 def test_delivery_without_message_id_is_refused_and_not_stored(start_sink: StartSink) -> None:
-    sink = start_sink()
+    sink = start_sink(tls=False)
 
     answer = sink.request("POST", "/hooks", b"{}")
 
@@ -198,15 +68,15 @@ def test_delivery_without_message_id_is_refused_and_not_stored(start_sink: Start
 
 
 def test_https_with_the_test_ca(start_sink: StartSink) -> None:
-    sink = start_sink(tls="tls")
+    sink = start_sink()
 
     assert sink.deliver("secure").json() == {"id": "secure", "duplicate": False}
     with pytest.raises(ssl.SSLCertVerificationError):
         sink.request("GET", "/stats", context=ssl.create_default_context())
 
 
-def test_mtls_accepts_the_client_cert_of_its_ca(start_sink: StartSink) -> None:
-    sink = start_sink(tls="mtls")
+def test_mtls_accepts_the_client_cert_of_its_ca(start_sink: StartSink, certs: CertFiles) -> None:
+    sink = start_sink("--client-ca", str(certs.ca))
 
     assert sink.deliver("from-worker").status == 200
     assert sink.stats()["unique"] == 1
@@ -215,7 +85,7 @@ def test_mtls_accepts_the_client_cert_of_its_ca(start_sink: StartSink) -> None:
 def test_mtls_refuses_no_client_cert_and_a_strangers_cert(
     start_sink: StartSink, certs: CertFiles
 ) -> None:
-    sink = start_sink(tls="mtls")
+    sink = start_sink("--client-ca", str(certs.ca))
     anonymous = client_context(certs)
     stranger = client_context(certs, certs.other_client_cert, certs.other_client_key)
 
@@ -229,7 +99,7 @@ def test_mtls_refuses_no_client_cert_and_a_strangers_cert(
 def test_fail_rate_1_answers_the_status_with_retry_after_and_stores_nothing(
     start_sink: StartSink,
 ) -> None:
-    sink = start_sink("--fail-rate", "1", "--status", "500", "--retry-after", "7")
+    sink = start_sink("--fail-rate", "1", "--status", "500", "--retry-after", "7", tls=False)
 
     answer = sink.deliver("doomed")
 
@@ -240,7 +110,7 @@ def test_fail_rate_1_answers_the_status_with_retry_after_and_stores_nothing(
 
 
 def test_faults_change_at_runtime_and_bad_ones_are_refused(start_sink: StartSink) -> None:
-    sink = start_sink()
+    sink = start_sink(tls=False)
 
     changed = sink.post_json("/faults", {"fail_rate": 1, "status": 429, "retry_after": 0.5})
     refused = sink.deliver("m")
@@ -263,7 +133,7 @@ def test_faults_change_at_runtime_and_bad_ones_are_refused(start_sink: StartSink
 
 
 def test_outage_refuses_connections_then_listens_again(start_sink: StartSink) -> None:
-    sink = start_sink()
+    sink = start_sink(tls=False)
     pooled = sink.connection()  # a client's keep-alive connection must not outlive the outage
     pooled.request("GET", "/stats")
     pooled.getresponse().read()
@@ -290,7 +160,7 @@ def test_outage_refuses_connections_then_listens_again(start_sink: StartSink) ->
 
 
 def test_counts_survive_sigkill_and_restart(start_sink: StartSink) -> None:
-    sink = start_sink()
+    sink = start_sink(tls=False)
     for message_id in ("a", "b", "a"):
         assert sink.deliver(message_id).status == 200
 
@@ -303,8 +173,9 @@ def test_counts_survive_sigkill_and_restart(start_sink: StartSink) -> None:
 
 
 def test_sigterm_stops_the_sink_with_exit_code_0(start_sink: StartSink) -> None:
-    sink = start_sink()
+    sink = start_sink(tls=False)
 
-    assert sink.terminate() == 0
+    sink.signal(signal.SIGTERM)
+    assert sink.wait(timeout=10) == 0
     with pytest.raises(ConnectionRefusedError):
         sink.stats()

@@ -54,10 +54,10 @@ def test_delivers_end_to_end_over_https_keeping_body_and_headers(
     start_worker(redis_url, sink.url)
 
     wait_until(unique(sink, 21))
-    code, headers, body = sink.message(ids[-1])
-    assert (code, body) == (200, bytes(range(256)))
-    assert headers["Content-Type"] == "application/octet-stream"
-    assert headers["X-Sink-First-Attempt"] == "1"
+    stored = sink.message(ids[-1])
+    assert (stored.status, stored.body) == (200, bytes(range(256)))
+    assert stored.headers["Content-Type"] == "application/octet-stream"
+    assert stored.headers["X-Sink-First-Attempt"] == "1"
     assert sink.stats()["duplicates"] == 0
     assert queue_length(redis_url) == 0
     done = status(redis_url, ids[0])
@@ -316,12 +316,12 @@ def test_signed_deliveries_verify_with_standardwebhooks(
     start_worker(redis_url, sink.url, FERRY_SIGNING_SECRET=secret)
 
     wait_until(unique(sink, 1))
-    _, headers, stored = sink.message(message_id)
-    signed = json.loads(headers["X-Sink-Signature-Headers"])
+    stored = sink.message(message_id)
+    signed = json.loads(stored.headers["X-Sink-Signature-Headers"])
     assert signed["webhook-id"] == message_id
-    Webhook(secret).verify(stored, signed)  # raises if the signature is wrong
+    Webhook(secret).verify(stored.body, signed)  # raises if the signature is wrong
     with pytest.raises(Exception):
-        Webhook(secret).verify(stored + b" ", signed)
+        Webhook(secret).verify(stored.body + b" ", signed)
 
 
 def test_evicting_redis_is_refused_unless_overridden(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +94,22 @@ class FerryProcess:
         return self.log_path.read_text(errors="replace")
 
 
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
 class Sink(FerryProcess):
-    """`ferry sink` over HTTPS (or HTTP), with helpers to read and steer it."""
+    """`ferry sink` over HTTPS (or HTTP), with a client that reads and steers it.
+
+    With `--client-ca` among its flags, the client presents the test CA's client
+    certificate. It may be killed and started again: same port, same database.
+    """
 
     def __init__(self, directory: Path, certs: CertFiles | None, extra: list[str] | None = None) -> None:
         self.port = free_port()
@@ -102,9 +118,9 @@ class Sink(FerryProcess):
         if certs is not None:
             args += ["--certfile", str(certs.server_cert), "--keyfile", str(certs.server_key)]
         super().__init__(args + (extra or []), {}, directory / f"sink-{self.port}.log")
-        self._context = ssl.create_default_context(cafile=str(certs.ca)) if certs else None
-        if certs is not None and "--client-ca" in (extra or []):
-            self._context.load_cert_chain(certs.client_cert, certs.client_key)  # type: ignore[union-attr]
+        self.client_context = ssl.create_default_context(cafile=str(certs.ca)) if certs else None
+        if self.client_context is not None and "--client-ca" in (extra or []):
+            self.client_context.load_cert_chain(certs.client_cert, certs.client_key)  # type: ignore[union-attr]
 
     @property
     def base(self) -> str:
@@ -120,31 +136,53 @@ class Sink(FerryProcess):
         wait_until(self._answers, timeout=20)
 
     def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"sink exited with {self.process.returncode}:\n{self.log()}")
         try:
-            self.stats()
-            return True
-        except (urllib.error.URLError, ConnectionError, OSError):
+            return self.request("GET", "/stats").status == 200
+        except OSError:
             return False
 
-    def request(self, method: str, path: str, payload: Any = None) -> tuple[int, dict[str, str], bytes]:
-        data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(f"{self.base}{path}", data=data, method=method)
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
+    def connection(self, context: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
+        context = context or self.client_context
+        if context is None:
+            return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        return http.client.HTTPSConnection("localhost", self.port, timeout=10, context=context)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        context: ssl.SSLContext | None = None,
+    ) -> Answer:
+        """One request on a fresh connection, so each one sees whether the sink is listening."""
+        connection = self.connection(context)
         try:
-            with urllib.request.urlopen(request, context=self._context, timeout=10) as response:
-                return response.status, dict(response.headers), response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers), error.read()
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return Answer(response.status, response.headers, response.read())
+        finally:
+            connection.close()
+
+    def deliver(self, message_id: str, body: bytes = b"{}", attempt: int = 1) -> Answer:
+        return self.request("POST", "/hooks", body, {"X-Message-Id": message_id, "X-Attempt": str(attempt)})
+
+    def post_json(self, path: str, payload: Any) -> Answer:
+        return self.request("POST", path, json.dumps(payload).encode(), {"Content-Type": "application/json"})
 
     def stats(self) -> dict[str, int]:
-        return json.loads(self.request("GET", "/stats")[2])  # type: ignore[no-any-return]
+        answer = self.request("GET", "/stats")
+        assert answer.status == 200, answer
+        return answer.json()  # type: ignore[no-any-return]
 
     def faults(self, **faults: Any) -> None:
-        status, _, body = self.request("POST", "/faults", faults)
-        assert status == 200, body
+        answer = self.post_json("/faults", faults)
+        assert answer.status == 200, answer.body
 
-    def message(self, message_id: str) -> tuple[int, dict[str, str], bytes]:
+    def message(self, message_id: str) -> Answer:
         return self.request("GET", f"/messages/{message_id}")
 
 
