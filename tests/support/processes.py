@@ -11,8 +11,6 @@ import socket
 import ssl
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +57,22 @@ class FerryProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, as a terminal would make it
             )
+
+    def start_listening(self, port: int, timeout: float = 30.0) -> None:
+        """Start, then wait until the port takes connections; fail at once if the process exits."""
+        FerryProcess.start(self)
+
+        def listening() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.args[0]} exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(listening, timeout=timeout)
 
     @property
     def pid(self) -> int:
@@ -132,17 +146,7 @@ class Sink(FerryProcess):
         return f"{self.base}/webhook"
 
     def start(self) -> None:
-        super().start()
-        wait_until(self._answers, timeout=20)
-
-    def _answers(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"sink exited with {self.process.returncode}:\n{self.log()}")
-        try:
-            return self.request("GET", "/stats").status == 200
-        except OSError:
-            return False
+        self.start_listening(self.port)
 
     def connection(self, context: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
         context = context or self.client_context
@@ -222,18 +226,7 @@ class Proxy(FerryProcess):
         return context
 
     def start(self) -> None:
-        super().start()
-        wait_until(self._answers, timeout=30)
-
-    def _answers(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"proxy exited with {self.process.returncode}:\n{self.log()}")
-        try:  # uvicorn listens once the app has started
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            return True
-        except OSError:
-            return False
+        self.start_listening(self.port)  # uvicorn listens once the app has started
 
     def request(
         self,
@@ -246,8 +239,6 @@ class Proxy(FerryProcess):
         client_cert: tuple[Path, Path] | None = None,
     ) -> tuple[int, dict[str, str], Any]:
         """One request on a new connection; `key=None` sends no Authorization header."""
-        import http.client
-
         connection: http.client.HTTPConnection
         if self.certs is None:
             connection = http.client.HTTPConnection("localhost", self.port, timeout=30)
