@@ -17,7 +17,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Scope
 
 from ferry.auth import ApiKeys
 from ferry.batching import Coalescer
@@ -160,17 +160,8 @@ class Ingest:
             messages, self.limits, all_or_nothing=all_or_nothing, fsync=self.strict
         )
 
-    async def message(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """ASGI: POST /api/v1/messages."""
-        response = await self._message(header_map(scope), receive)
-        await response(scope, receive, send)
-
-    async def batch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """ASGI: POST /api/v1/messages/batch."""
-        response = await self._batch(header_map(scope), receive)
-        await response(scope, receive, send)
-
-    async def _message(self, headers: dict[str, str], receive: Receive) -> Response:
+    async def message(self, headers: dict[str, str], receive: Receive) -> Response:
+        """POST /api/v1/messages."""
         key_id = self.api_keys.identify(headers.get("authorization"))
         if key_id is None:
             return error_response(ErrorCode.UNAUTHORIZED, "a valid API key is required")
@@ -207,7 +198,8 @@ class Ingest:
             return json_response({"id": result.id, "status": "existing"}, 200)
         return refusal(result)
 
-    async def _batch(self, headers: dict[str, str], receive: Receive) -> Response:
+    async def batch(self, headers: dict[str, str], receive: Receive) -> Response:
+        """POST /api/v1/messages/batch."""
         key_id = self.api_keys.identify(headers.get("authorization"))
         if key_id is None:
             return error_response(ErrorCode.UNAUTHORIZED, "a valid API key is required")

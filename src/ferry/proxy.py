@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +22,7 @@ from ferry.admin import add_admin_routes
 from ferry.auth import ApiKeys
 from ferry.connection import UNAVAILABLE, connect
 from ferry.errors import STATUS, ErrorBody, ErrorCode, error_response
-from ferry.ingest import BatchAccepted, BatchRequest, Ingest, MessageAccepted, json_response
+from ferry.ingest import BatchAccepted, BatchRequest, Ingest, MessageAccepted, header_map, json_response
 from ferry.logs import get_logger
 from ferry.message import MessageStatus, Status
 from ferry.metrics import ProxyMetrics
@@ -54,30 +54,39 @@ def status_json(found: MessageStatus) -> dict[str, Any]:
     }
 
 
-class AsgiEndpoint:
-    """An ASGI callable that Starlette's Route will not wrap as a request/response function."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
+FastEndpoint = Callable[[dict[str, str], Receive], Awaitable[Response]]
 
 
 class Dispatch:
-    """Sends the two ingest routes' POSTs straight to their ASGI endpoints; all else to FastAPI."""
+    """Sends the ingest routes' POSTs straight to their endpoints; all else to FastAPI.
 
-    def __init__(self, fast: dict[tuple[str, str], ASGIApp], fallback: ASGIApp) -> None:
+    The hot path is counted and timed here, without a middleware's send wrapper.
+    """
+
+    def __init__(
+        self, fast: dict[tuple[str, str], FastEndpoint], fallback: ASGIApp, recorder: RequestRecorder
+    ) -> None:
         self.fast = fast
         self.fallback = fallback
+        self.recorder = recorder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            endpoint = self.fast.get((scope["method"], scope["path"]))
-            if endpoint is not None:
-                await endpoint(scope, receive, send)
-                return
-        await self.fallback(scope, receive, send)
+        endpoint = self.fast.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
+        if endpoint is None:
+            await self.fallback(scope, receive, send)
+            return
+        started = time.perf_counter()
+        response = await endpoint(header_map(scope), receive)
+        await response(scope, receive, send)
+        self.recorder.note(scope["method"], scope["path"], response.status_code, time.perf_counter() - started)
+
+
+async def taken_by_dispatch(request: Request) -> Response:
+    """Never called: Dispatch answers POSTs on the ingest paths before FastAPI sees them.
+
+    The routes exist in FastAPI so that other methods there get a 405 with Allow.
+    """
+    raise AssertionError("Dispatch takes POSTs on the ingest paths")
 
 
 def create_app(settings: Settings, redis_url: str) -> ASGIApp:
@@ -100,10 +109,9 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
         docs_url="/docs",
         redoc_url=None,
     )
-    # Registered here too, so that other methods on these paths get a 405 with Allow.
     app.router.routes[:0] = [
-        Route(MESSAGES, AsgiEndpoint(ingest.message), methods=["POST"]),
-        Route(BATCH, AsgiEndpoint(ingest.batch), methods=["POST"]),
+        Route(MESSAGES, taken_by_dispatch, methods=["POST"]),
+        Route(BATCH, taken_by_dispatch, methods=["POST"]),
     ]
 
     def guarded(request: Request) -> Response | None:
@@ -164,8 +172,9 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
-    fast = {("POST", MESSAGES): ingest.message, ("POST", BATCH): ingest.batch}
-    return RequestMetrics(Dispatch(fast, app), metrics, static_paths=frozenset({MESSAGES, BATCH}))
+    recorder = RequestRecorder(metrics)
+    fast: dict[tuple[str, str], FastEndpoint] = {("POST", MESSAGES): ingest.message, ("POST", BATCH): ingest.batch}
+    return Dispatch(fast, RequestMetrics(app, recorder), recorder)
 
 
 def _errors(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
@@ -190,18 +199,37 @@ async def _internal_error(request: Request, error: Exception) -> Response:
     return json_response({"error": "internal_error", "detail": "see the proxy's log"}, 500)
 
 
-class RequestMetrics:
-    """Counts and times every answer by method, route template and status (pure ASGI: cheap).
+class RequestRecorder:
+    """Counts and times answers by method, route template and status.
 
-    Routes are named by template, never by raw path, so ids in paths cannot
-    blow up the metrics' cardinality.
+    Routes are named by template, never by raw path, so ids in paths cannot blow
+    up the metrics' cardinality; each label set's children are looked up once
+    (prometheus_client's labels() is slow).
     """
 
-    def __init__(self, app: ASGIApp, metrics: ProxyMetrics, static_paths: frozenset[str]) -> None:
-        self.app = app
+    def __init__(self, metrics: ProxyMetrics) -> None:
         self.metrics = metrics
-        self.static_paths = static_paths
         self._labelled: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def note(self, method: str, template: str, status: int, seconds: float) -> None:
+        key = (method, template, status)
+        found = self._labelled.get(key)
+        if found is None:
+            found = (
+                self.metrics.requests.labels(method, template, str(status)),
+                self.metrics.duration.labels(method, template),
+            )
+            self._labelled[key] = found
+        found[0].inc()
+        found[1].observe(seconds)
+
+
+class RequestMetrics:
+    """The recorder around FastAPI's routes (pure ASGI; the template comes from the route)."""
+
+    def __init__(self, app: ASGIApp, recorder: RequestRecorder) -> None:
+        self.app = app
+        self.recorder = recorder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -219,24 +247,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            template = getattr(scope.get("route"), "path", None)
-            if template is None:
-                template = scope["path"] if scope["path"] in self.static_paths else "unmatched"
-            counted, timed = self._series(scope["method"], template, status)
-            counted.inc()
-            timed.observe(time.perf_counter() - started)
-
-    def _series(self, method: str, template: str, status: int) -> tuple[Any, Any]:
-        """The labelled counter and histogram, looked up once per label set (labels() is slow)."""
-        key = (method, template, status)
-        found = self._labelled.get(key)
-        if found is None:
-            found = (
-                self.metrics.requests.labels(method, template, str(status)),
-                self.metrics.duration.labels(method, template),
-            )
-            self._labelled[key] = found
-        return found
+            template = getattr(scope.get("route"), "path", "unmatched")
+            self.recorder.note(scope["method"], template, status, time.perf_counter() - started)
 
 
 def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
