@@ -223,6 +223,24 @@ def test_sigterm_past_the_grace_period_gives_messages_back(
     assert all(status(redis_url, i).status == "queued" for i in ids)
 
 
+def test_a_second_sigterm_cuts_the_grace_period_short_and_gives_messages_back(
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    sink = start_sink("--latency-ms", "20000")
+    enqueue(redis_url, [b"slow-1", b"slow-2"])
+    worker = start_worker(redis_url, sink.url, WORKER_ID="impatient", WORKER_CONCURRENCY=2)
+    wait_until(delivering(worker, 2))
+
+    worker.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert worker.process is not None and worker.process.poll() is None  # still draining
+    stopped_at = time.monotonic()
+    worker.signal(signal.SIGTERM)  # Ctrl-C twice: stop now
+    assert worker.wait(timeout=10) == 0
+    assert time.monotonic() - stopped_at < 5
+    assert queue_length(redis_url) == 2 and in_flight(redis_url, "impatient") == []
+
+
 def test_two_workers_share_a_thousand_messages(
     redis_url: str, start_sink: StartSink, start_worker: StartWorker
 ) -> None:

@@ -97,12 +97,13 @@ class Worker:
         self._stopping = asyncio.Event()  # no more fetching
         self._closing = asyncio.Event()  # deliveries settled: lease and maintenance may end
         self._room = asyncio.Event()  # a delivery ended: the fetcher may claim more
-        self._grace_seconds = settings.shutdown_grace_seconds
+        self._forced = asyncio.Event()  # a second stop: no more grace
 
-    def stop(self, force: bool = False) -> None:
-        """Stop fetching; in-flight deliveries get the grace period (none when forced)."""
-        if self._stopping.is_set() or force:
-            self._grace_seconds = 0
+    def stop(self) -> None:
+        """First call: stop fetching, let in-flight deliveries finish within the grace
+        period. A second call (Ctrl-C twice) cuts them short now."""
+        if self._stopping.is_set():
+            self._forced.set()
         self._stopping.set()
 
     async def run(self) -> None:
@@ -114,7 +115,7 @@ class Worker:
         ]
         fetching = asyncio.create_task(self._fetch(), name="fetch")
         await self._stopping.wait()
-        log.info("stopping", in_flight=len(self.deliveries), grace_seconds=self._grace_seconds)
+        log.info("stopping", in_flight=len(self.deliveries), grace_seconds=self.settings.shutdown_grace_seconds)
         fetching.cancel()
         await asyncio.gather(fetching, return_exceptions=True)
         await self._drain()
@@ -264,8 +265,14 @@ class Worker:
 
     async def _drain(self) -> None:
         """Let in-flight deliveries finish within the grace period, then cut them short."""
-        if self.deliveries and self._grace_seconds > 0:
-            await asyncio.wait(set(self.deliveries), timeout=self._grace_seconds)
+        if self.deliveries and self.settings.shutdown_grace_seconds > 0:
+            finished = asyncio.create_task(asyncio.wait(set(self.deliveries)))
+            forced = asyncio.create_task(self._forced.wait())
+            await asyncio.wait(
+                {finished, forced}, timeout=self.settings.shutdown_grace_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+            for helper in (finished, forced):
+                helper.cancel()
         if self.deliveries:
             log.warning("grace period over, giving back unfinished deliveries", count=len(self.deliveries))
             for task in self.deliveries:
