@@ -102,7 +102,7 @@ async def test_purge_deletes_dead_letters_with_their_bodies_and_nothing_else(que
     handled = await queue.purge([doomed, queued.id])
     assert handled.count == 1 and handled.not_dead == (queued.id,)
     assert not await queue.redis.exists(queue.keys.message(doomed))
-    assert await queue.dead_ids() == [kept]
+    assert [letter.id for letter in await queue.dead_letters()] == [kept]
     still = await queue.status(queued.id)
     assert still is not None and still.status is Status.QUEUED and await queue.size() == 1
 

@@ -59,3 +59,20 @@ def test_worker_without_redis_url_runs_and_stops_embedded_valkey(
     assert worker.wait(timeout=20) == 0
     assert "worker stopped" in worker.log() and "redis unavailable" not in worker.log()
     assert embedded.running_url() is None  # stopped with the process that started it
+
+
+def test_a_sigkilled_owner_leaves_valkey_running_and_the_next_process_reuses_it(
+    tmp_path: Path, start_sink: Callable[..., Sink], start_worker: Callable[..., FerryProcess]
+) -> None:
+    sink = start_sink()
+    home = tmp_path / "laptop"
+    owner = start_worker("", sink.url, FERRY_HOME=str(home), WORKER_ID="owner")
+    url = wait_until(EmbeddedValkey(home).running_url)
+    enqueue(url, [b"kept"])
+    wait_until(lambda: sink.stats()["unique"] == 1)
+    owner.kill()
+
+    assert EmbeddedValkey(home).running_url() == url  # no second server on the same data
+    same_url, new_owner = start_or_share(home)
+    assert (same_url, new_owner) == (url, None)
+    redis.Redis.from_url(url).shutdown(nosave=False)

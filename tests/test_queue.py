@@ -129,7 +129,7 @@ async def test_bury_moves_to_dead_letters_and_replay_resets_attempts(queue: Queu
     await queue.claim("w1", 1)
     assert await queue.bury("w1", sent.id, "HTTP 404")
     assert await places(queue, sent.id) == ["dead"]
-    assert await queue.dead_ids() == [sent.id]
+    assert [letter.id for letter in await queue.dead_letters()] == [sent.id]
 
     assert (await queue.replay([sent.id])).count == 1
     assert await places(queue, sent.id) == ["queue"]

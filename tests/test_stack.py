@@ -242,3 +242,22 @@ async def test_supervisor_gives_up_loudly_on_a_child_that_keeps_crashing(capsys:
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.05)
+
+
+def test_workers_stop_when_their_supervisor_is_sigkilled(
+    redis_url: str, start_sink: Callable[..., Sink], workers_start: Callable[..., FerryProcess]
+) -> None:
+    sink = start_sink()
+    supervisor = workers_start(redis_url, sink, "--num-workers", "2", "--base-metrics-port", str(free_port_range(2)))
+    wait_until(lambda: len(worker_pids(supervisor)) == 2, timeout=30)
+    children = list(worker_pids(supervisor).values())
+    supervisor.kill()
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"  # a zombie has exited
+
+    wait_until(lambda: all(gone(pid) for pid in children), timeout=30)  # no orphan keeps working

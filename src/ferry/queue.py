@@ -391,11 +391,5 @@ class Queue:
         """The backlog: `LLEN message_queue`, as the guide reads it."""
         return int(await self.redis.llen(self.keys.queue))
 
-    async def dead_ids(self, start: int = 0, stop: int = -1) -> list[str]:
-        return [raw.decode() for raw in await self.redis.lrange(self.keys.dead, start, stop)]
-
-    async def retry_size(self) -> int:
-        return int(await self.redis.zcard(self.keys.retry))
-
     async def dead_size(self) -> int:
         return int(await self.redis.llen(self.keys.dead))
