@@ -162,6 +162,53 @@ def test_a_chunked_body_past_the_cap_is_refused_as_it_streams(redis_url: str, st
     assert queue_length(redis_url) == 1
 
 
+def raw_exchange(proxy: Proxy, certs: CertFiles, *sends: bytes, pause: float = 0.0) -> bytes:
+    """Bytes written as given on one TLS connection (pausing between sends), and all read till the proxy closes."""
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    with socket.create_connection(("localhost", proxy.port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            for data in sends:
+                tls.sendall(data)
+                time.sleep(pause)
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+    return answer
+
+
+def post_bytes(body: bytes, *extra: bytes) -> bytes:
+    head = [b"POST /api/v1/messages HTTP/1.1", b"Host: localhost", b"Authorization: Bearer test-key",
+            b"Content-Type: text/plain", b"Content-Length: %d" % len(body), *extra]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def test_pipelined_requests_are_answered_whole_and_in_order(
+    redis_url: str, start_proxy: StartProxy, certs: CertFiles
+) -> None:
+    proxy = start_proxy(redis_url)
+    requests = [post_bytes(b"message %d" % number) for number in range(5)]
+    requests.append(post_bytes(b"last", b"Connection: close"))
+    answer = raw_exchange(proxy, certs, b"".join(requests))  # one write: the proxy reads them together
+    answers = answer.split(b"HTTP/1.1 ")[1:]
+    assert len(answers) == 6 and all(one.startswith(b"202 Accepted") for one in answers), answer
+    ids = [json.loads(one.split(b"\r\n\r\n", 1)[1])["id"] for one in answers]
+    assert [stored(redis_url, message_id)[b"body"] for message_id in ids] == [
+        *(b"message %d" % number for number in range(5)), b"last"
+    ]
+
+
+def test_expect_100_continue_and_malformed_requests_are_answered(
+    redis_url: str, start_proxy: StartProxy, certs: CertFiles
+) -> None:
+    proxy = start_proxy(redis_url)
+    head, body = post_bytes(b"after continue", b"Expect: 100-continue", b"Connection: close").split(b"\r\n\r\n")
+    answer = raw_exchange(proxy, certs, head + b"\r\n\r\n", body, pause=0.3)
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 "), answer
+    assert stored(redis_url, json.loads(answer.split(b"\r\n\r\n")[-1])["id"])[b"body"] == b"after continue"
+    assert raw_exchange(proxy, certs, b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    assert queue_length(redis_url) == 1
+
+
 def batch(*items: dict[str, object]) -> bytes:
     return json.dumps({"messages": list(items)}).encode()
 
@@ -299,12 +346,26 @@ def test_metrics_sum_every_process(redis_url: str, start_proxy: StartProxy) -> N
         thread.start()
     for thread in threads:
         thread.join()
+    answered = 'proxy_requests_total{method="POST",route="/api/v1/messages",status="202"} 200.0'
+    # Each process writes its tally every second: within that, a scrape sees both.
+    wait_until(lambda: answered in scrape_text(proxy.base + "/metrics", proxy.context()), timeout=5)
     for _ in range(12):  # each scrape is answered by one process or the other: all must see 200
         text = scrape_text(proxy.base + "/metrics", proxy.context())
-        assert 'proxy_requests_total{method="POST",route="/api/v1/messages",status="202"} 200.0' in text
+        assert answered in text
         assert "redis_queue_size 200.0" in text
+        assert "proxy_messages_accepted_total 200.0" in text
     assert queue_length(redis_url) == 200
-    assert 'proxy_requests_duration_seconds_count{method="POST",route="/api/v1/messages"} 200.0' in text
+    route = 'method="POST",route="/api/v1/messages"'
+    assert f"proxy_requests_duration_seconds_count{{{route}}} 200.0" in text
+    assert f'proxy_requests_duration_seconds_bucket{{le="+Inf",{route}}} 200.0' in text
+    buckets = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("proxy_requests_duration_seconds_bucket") and route in line
+    ]
+    assert len(buckets) == 13 and buckets == sorted(buckets)  # cumulative, as Prometheus reads them
+    total = next(line for line in text.splitlines() if line.startswith(f"proxy_requests_duration_seconds_sum{{{route}}}"))
+    assert 0 < float(total.rsplit(" ", 1)[1]) < 200 * 5
 
 
 def test_redis_killed_mid_load_only_503_after_and_every_202_is_stored(

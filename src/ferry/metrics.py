@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
+from bisect import bisect_left
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client import (
     CollectorRegistry,
@@ -77,7 +81,15 @@ class ProxyMetrics:
     With PROMETHEUS_MULTIPROC_DIR set (`ferry proxy` sets a fresh one per run),
     each process writes its values to files there and any process's /metrics
     reads them all; without it, they live in this process alone.
+
+    Requests are tallied in plain dicts and written to the metrics by `flush`
+    (every `FLUSH_SECONDS`, before this process renders, and at exit): a
+    multiprocess write costs a getpid and a locked mmap write per value, about
+    8 µs a request, which was 5% of the ingest route. Another process's last
+    second may so be missing from a scrape; nothing is lost.
     """
+
+    FLUSH_SECONDS = 1.0
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -94,9 +106,47 @@ class ProxyMetrics:
         self.accepted = Counter(
             "proxy_messages_accepted", "Messages stored and queued (202).", registry=self.registry
         )
+        self._bounds = (*REQUEST_BUCKETS_SECONDS, math.inf)
+        self._answers: dict[tuple[str, str, int], int] = {}
+        self._times: dict[tuple[str, str], RouteTimes] = {}
+        self._accepted = 0
+
+    def note(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One answered request; `route` is a template, never a raw path (ids would blow up the series)."""
+        key = (method, route, status)
+        self._answers[key] = self._answers.get(key, 0) + 1
+        times = self._times.get((method, route))
+        if times is None:
+            times = self._times[(method, route)] = RouteTimes([0] * len(self._bounds))
+        times.buckets[bisect_left(self._bounds, seconds)] += 1
+        times.total += seconds
+
+    def note_accepted(self, count: int) -> None:
+        self._accepted += count
+
+    def flush(self) -> None:
+        """Add what was tallied since the last flush to the metrics."""
+        answers, self._answers = self._answers, {}
+        times, self._times = self._times, {}
+        for (method, route, status), count in answers.items():
+            self.requests.labels(method, route, str(status)).inc(count)
+        for (method, route), route_times in times.items():
+            _observe_many(self.duration.labels(method, route), route_times)
+        if self._accepted:
+            self.accepted.inc(self._accepted)
+            self._accepted = 0
+
+    async def flush_every_interval(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.FLUSH_SECONDS)
+                self.flush()
+        finally:
+            self.flush()
 
     def render(self, snapshot: Snapshot | None) -> bytes:
         """Prometheus text: every process's counters, and the queue as Redis says it is now."""
+        self.flush()
         registry = self.registry
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
@@ -107,6 +157,21 @@ class ProxyMetrics:
             live.register(QueueCollector(snapshot))
             text += generate_latest(live)
         return text
+
+
+@dataclass(slots=True)
+class RouteTimes:
+    buckets: list[int]  # observations per bucket (not cumulative), +Inf last
+    total: float = 0.0
+
+
+def _observe_many(child: Histogram, times: RouteTimes) -> None:
+    """Many observations at once. prometheus_client has no public call for this; its
+    histogram child keeps a value per bucket (`_buckets`, not cumulative) and `_sum`."""
+    child._sum.inc(times.total)  # type: ignore[attr-defined]
+    for bucket, count in zip(child._buckets, times.buckets, strict=True):  # type: ignore[attr-defined]
+        if count:
+            bucket.inc(count)
 
 
 class QueueCollector(Collector):

@@ -22,7 +22,15 @@ from ferry.admin import add_admin_routes
 from ferry.auth import ApiKeys
 from ferry.connection import UNAVAILABLE, connect
 from ferry.errors import STATUS, ErrorBody, ErrorCode, error_response
-from ferry.ingest import BatchAccepted, BatchRequest, Ingest, MessageAccepted, header_map, json_response
+from ferry.ingest import (
+    Answer,
+    BatchAccepted,
+    BatchRequest,
+    Ingest,
+    MessageAccepted,
+    header_map,
+    json_response,
+)
 from ferry.logs import get_logger
 from ferry.message import MessageStatus, Status
 from ferry.metrics import ProxyMetrics
@@ -54,7 +62,7 @@ def status_json(found: MessageStatus) -> dict[str, Any]:
     }
 
 
-FastEndpoint = Callable[[dict[str, str], Receive], Awaitable[Response]]
+FastEndpoint = Callable[[dict[str, str], Receive], Awaitable[Answer]]
 
 
 class Dispatch:
@@ -64,11 +72,11 @@ class Dispatch:
     """
 
     def __init__(
-        self, fast: dict[tuple[str, str], FastEndpoint], fallback: ASGIApp, recorder: RequestRecorder
+        self, fast: dict[tuple[str, str], FastEndpoint], fallback: ASGIApp, metrics: ProxyMetrics
     ) -> None:
         self.fast = fast
         self.fallback = fallback
-        self.recorder = recorder
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self.fast.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
@@ -78,7 +86,7 @@ class Dispatch:
         started = time.perf_counter()
         response = await endpoint(header_map(scope), receive)
         await response(scope, receive, send)
-        self.recorder.note(scope["method"], scope["path"], response.status_code, time.perf_counter() - started)
+        self.metrics.note(scope["method"], scope["path"], response.status_code, time.perf_counter() - started)
 
 
 async def taken_by_dispatch(request: Request) -> Response:
@@ -98,7 +106,10 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        flusher = asyncio.create_task(metrics.flush_every_interval())
         yield
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
         await redis.aclose()
 
     app = FastAPI(
@@ -172,9 +183,8 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
-    recorder = RequestRecorder(metrics)
     fast: dict[tuple[str, str], FastEndpoint] = {("POST", MESSAGES): ingest.message, ("POST", BATCH): ingest.batch}
-    return Dispatch(fast, RequestMetrics(app, recorder), recorder)
+    return Dispatch(fast, RequestMetrics(app, metrics), metrics)
 
 
 def _errors(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
@@ -199,37 +209,12 @@ async def _internal_error(request: Request, error: Exception) -> Response:
     return json_response({"error": "internal_error", "detail": "see the proxy's log"}, 500)
 
 
-class RequestRecorder:
-    """Counts and times answers by method, route template and status.
-
-    Routes are named by template, never by raw path, so ids in paths cannot blow
-    up the metrics' cardinality; each label set's children are looked up once
-    (prometheus_client's labels() is slow).
-    """
-
-    def __init__(self, metrics: ProxyMetrics) -> None:
-        self.metrics = metrics
-        self._labelled: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-    def note(self, method: str, template: str, status: int, seconds: float) -> None:
-        key = (method, template, status)
-        found = self._labelled.get(key)
-        if found is None:
-            found = (
-                self.metrics.requests.labels(method, template, str(status)),
-                self.metrics.duration.labels(method, template),
-            )
-            self._labelled[key] = found
-        found[0].inc()
-        found[1].observe(seconds)
-
-
 class RequestMetrics:
-    """The recorder around FastAPI's routes (pure ASGI; the template comes from the route)."""
+    """Counts and times FastAPI's routes (pure ASGI; the template comes from the route)."""
 
-    def __init__(self, app: ASGIApp, recorder: RequestRecorder) -> None:
+    def __init__(self, app: ASGIApp, metrics: ProxyMetrics) -> None:
         self.app = app
-        self.recorder = recorder
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -248,7 +233,7 @@ class RequestMetrics:
             await self.app(scope, receive, send_and_note)
         finally:
             template = getattr(scope.get("route"), "path", "unmatched")
-            self.recorder.note(scope["method"], template, status, time.perf_counter() - started)
+            self.metrics.note(scope["method"], template, status, time.perf_counter() - started)
 
 
 def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
