@@ -5,8 +5,11 @@ Two bare Starlette apps under uvicorn (uvloop + httptools, one process, no acces
 - `bare`:  `POST /api/v1/messages` reads the body and answers `202 {"id": ..., "status": "queued"}`;
 - `lpush`: the same plus one redis-py (hiredis) `LPUSH message_queue <body>` per request.
 
+`--one-write` serves them with ferry's own HTTP protocol (a response in one write, as
+`ferry proxy` sends it), to tell what that alone is worth.
+
     python bench/baseline_app.py --kind bare|lpush --port 8000 [--certfile C --keyfile K] \
-        [--redis-url redis://127.0.0.1:6379]
+        [--redis-url redis://127.0.0.1:6379] [--one-write]
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from ferry.http_protocol import GatheringHttpToolsProtocol
 
 
 def bare_app() -> Starlette:
@@ -64,6 +69,7 @@ def main() -> None:
     parser.add_argument("--certfile")
     parser.add_argument("--keyfile")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379")
+    parser.add_argument("--one-write", action="store_true", help="ferry's GatheringHttpToolsProtocol")
     args = parser.parse_args()
     app = bare_app() if args.kind == "bare" else lpush_app(args.redis_url)
     uvicorn.run(
@@ -71,7 +77,7 @@ def main() -> None:
         host=args.host,
         port=args.port,
         loop="uvloop",
-        http="httptools",
+        http=GatheringHttpToolsProtocol if args.one_write else "httptools",
         workers=1,
         access_log=False,
         log_level="warning",

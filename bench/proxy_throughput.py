@@ -6,12 +6,16 @@ HTTP and HTTPS (trustme certificate), one at a time, each against a fresh Valkey
 
 - bare baseline:  bare Starlette route answering 202 (bench/baseline_app.py --kind bare);
 - LPUSH baseline: the same plus one redis-py LPUSH per request (--kind lpush);
+- LPUSH, 1 write: the LPUSH baseline on ferry's HTTP protocol, which sends a response in one
+                  write (--kind lpush --one-write): what ferry gains from that alone;
 - ferry proxy:    `ferry proxy --workers 1`, `POST /api/v1/messages`;
 - ferry batch:    `ferry proxy --workers 1`, `POST /api/v1/messages/batch`, 100 messages a request.
 
 Each target is run `--runs` times (interleaved, so drift hits all alike); the table shows
 the median req/s, its spread ((max - min) / median), messages/s, and the ratio of messages/s
-to the LPUSH baseline of the same scheme (so include `lpush` in `--targets`). It also shows
+to the LPUSH baseline of the same scheme (so include `lpush` in `--targets`): the median of
+each run's ratio to the LPUSH run beside it (pairs cancel the machine's drift), and the
+lowest of those ("worst"). It also shows
 the CPU used during the run (100% = one core) by the server, Valkey, wrk and everything else
 ("other": other processes, unattributed kernel work; a busy machine makes figures unreliable).
 A target that answered non-2xx or had socket errors is marked VOID. With `--pin split` (the
@@ -65,11 +69,13 @@ class Target:
     path: str
     body: bytes
     per_request: int = 1
+    server_args: tuple[str, ...] = ()
 
 
 TARGETS = [
     Target("bare", "bare baseline", "bare", "/api/v1/messages", BODY),
     Target("lpush", "LPUSH baseline", "lpush", "/api/v1/messages", BODY),
+    Target("lpush1w", "LPUSH, 1 write", "lpush", "/api/v1/messages", BODY, 1, ("--one-write",)),
     Target("ferry", "ferry proxy", "ferry", "/api/v1/messages", BODY),
     Target(
         "batch",
@@ -173,6 +179,7 @@ def start_server(
             "--redis-url",
             redis_url,
             *tls,
+            *target.server_args,
         ]
     with open(work / "server.log", "ab") as log:
         return subprocess.Popen(
@@ -394,12 +401,11 @@ def main() -> None:
 
     print()
     print(
-        f"{'target':>17} {'scheme':>6} {'req/s':>9} {'spread':>6} {'msgs/s':>9} {'ratio':>6} "
+        f"{'target':>17} {'scheme':>6} {'req/s':>9} {'spread':>6} {'msgs/s':>9} {'ratio':>6} {'worst':>6} "
         f"{'server':>7} {'valkey':>7} {'wrk':>5} {'other':>6}  notes"
     )
     for scheme in args.schemes:
-        lpush = runs.get(("LPUSH baseline", scheme))
-        reference = statistics.median(run.rps for run in lpush) if lpush else None
+        lpush = runs.get(("LPUSH baseline", scheme), [])
         for target in targets:
             done = runs.get((target.name, scheme))
             if not done:
@@ -408,7 +414,12 @@ def main() -> None:
             rps = statistics.median(run.rps for run in done)
             messages = rps * target.per_request
             spread = (max(r.rps for r in done) - min(r.rps for r in done)) / rps
-            ratio = f"{messages / reference:.2f}" if reference else "-"
+            paired = [
+                run.rps * target.per_request / base.rps
+                for run, base in zip(done, lpush, strict=False)
+            ]
+            ratio = f"{statistics.median(paired):.2f}" if paired else "-"
+            worst = f"{min(paired):.2f}" if paired else "-"
             notes = []
             non_2xx, socket_errors = (
                 sum(r.non_2xx for r in done),
@@ -421,7 +432,7 @@ def main() -> None:
             ):
                 notes.append("queue shorter than the requests answered")
             print(
-                f"{target.name:>17} {scheme:>6} {rps:>9,.0f} {spread:>6.0%} {messages:>9,.0f} {ratio:>6} "
+                f"{target.name:>17} {scheme:>6} {rps:>9,.0f} {spread:>6.0%} {messages:>9,.0f} {ratio:>6} {worst:>6} "
                 f"{statistics.median(r.server_cpu for r in done):>7.0%} "
                 f"{statistics.median(r.valkey_cpu for r in done):>7.0%} "
                 f"{statistics.median(r.wrk_cpu for r in done):>5.0%} "
