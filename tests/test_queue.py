@@ -252,3 +252,21 @@ async def test_every_key_shares_the_queues_cluster_slot(queue: Queue) -> None:
     keys = [key.decode() for key in await queue.redis.keys("*")]
     tagged = [key for key in keys if key != Keys().queue and not key.startswith("ferry-test")]
     assert tagged and all(key.startswith("{message_queue}:") for key in tagged), keys
+
+
+async def test_commands_carry_any_bytes_strings_and_numbers_intact(redis_url: str) -> None:
+    """connect() packs commands with hiredis: nothing may be mangled on the way."""
+    client = connect(redis_url)
+    try:
+        values = [b"\r\n$3\r\n*1\r\n", bytes(range(256)), "é ü 中", 42, -7, 0.1, 1.5e300, b"x" * 100_000, b""]
+        assert await client.rpush("probe", *values) == len(values)
+        async with client.pipeline(transaction=True) as pipeline:
+            pipeline.lrange("probe", 0, -1).execute_command("CLIENT SETNAME", "probe")
+            stored, named = await pipeline.execute()
+    finally:
+        await client.aclose()
+    assert stored == [
+        b"\r\n$3\r\n*1\r\n", bytes(range(256)), "é ü 中".encode(), b"42", b"-7", b"0.1", b"1.5e+300",
+        b"x" * 100_000, b"",
+    ]
+    assert named is True

@@ -5,11 +5,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    ConnectionPool,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    parse_url,
+)
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 from ferry.embedded import EmbeddedValkey, start_or_share
@@ -69,22 +78,57 @@ def run_on_queue(settings: Settings, operation: Callable[[Queue], Awaitable[T]])
         raise NoRedis(f"Redis at {url} does not answer: {error}") from None
 
 
+class HiredisPacking:
+    """Commands packed in C by hiredis.
+
+    redis-py's asyncio connections pack commands in Python, one argument at a
+    time (its synchronous ones use hiredis): a 64-message enqueue took 550 µs
+    to pack, against 74 µs here, which was 7% of the proxy's ingest route.
+    """
+
+    _serializer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return self._serializer.pack(*args)
+
+
+class HiredisConnection(HiredisPacking, Connection):
+    pass
+
+
+class HiredisSSLConnection(HiredisPacking, SSLConnection):
+    pass
+
+
+class HiredisUnixConnection(HiredisPacking, UnixDomainSocketConnection):
+    pass
+
+
+HIREDIS_PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {
+    Connection: HiredisConnection,
+    SSLConnection: HiredisSSLConnection,
+    UnixDomainSocketConnection: HiredisUnixConnection,
+}
+
+
 def connect(url: str, retries: int = 3) -> Redis:
     """A client that retries a failed command a few times with jittered backoff.
 
     Longer outages surface as errors: workers keep retrying them, the proxy
     (retries=1) answers 503 at once rather than keep its clients waiting.
     """
-    tcp_only = {} if url.startswith("unix://") else {"socket_keepalive": True}
-    return Redis.from_url(
-        url,
-        socket_timeout=SOCKET_TIMEOUT_SECONDS,
-        socket_connect_timeout=5.0,
-        health_check_interval=15,
-        **tcp_only,
-        retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=retries),
-        retry_on_error=[ConnectionError, TimeoutError],
-    )
+    options: dict[str, Any] = {
+        "socket_timeout": SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": 5.0,
+        "health_check_interval": 15,
+        "retry": Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=retries),
+        "retry_on_error": [ConnectionError, TimeoutError],
+    }
+    if not url.startswith("unix://"):
+        options["socket_keepalive"] = True
+    options.update(parse_url(url))  # as Redis.from_url: the URL's own options win
+    options["connection_class"] = HIREDIS_PACKED[options.get("connection_class", Connection)]
+    return Redis.from_pool(ConnectionPool(**options))
 
 
 class UnsafeRedis(Exception):

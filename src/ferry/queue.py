@@ -170,6 +170,8 @@ class Queue:
             reply = await self._enqueue_fsynced(args)
         else:
             reply = await self._enqueue(keys=[self.keys.queue], args=args)
+        if not reply:  # all queued: the script says so with an empty list, not one pair per message
+            return [Enqueued("queued", message.id) for message in messages]
         return [_enqueued(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
 
     async def _enqueue_fsynced(self, args: list[str | bytes | int | float]) -> list[bytes]:

@@ -8,6 +8,7 @@
 --       id, body, content type, idempotency key (''), rate bucket ('')
 -- Returns per message an outcome and its detail:
 --   'queued', id | 'existing', first id | 'full', '' | 'limited', wait (ms)
+-- or, when every message was queued (the usual case), an empty list.
 local FIELDS, FIRST = 5, 10
 local queue = KEYS[1]
 local prefix, now, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -49,6 +50,7 @@ if all_or_nothing then
 end
 
 local results = {}
+local all_queued = true
 for i = 0, count - 1 do
   local base = FIRST + FIELDS * i
   local id, body, content_type = ARGV[base], ARGV[base + 1], ARGV[base + 2]
@@ -75,5 +77,7 @@ for i = 0, count - 1 do
   end
   results[#results + 1] = outcome
   results[#results + 1] = detail
+  all_queued = all_queued and outcome == 'queued'
 end
+if all_queued then return {} end
 return results
