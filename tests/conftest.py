@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+
 from tests.support.certs import CertFiles, make_certs
 from tests.support.processes import FerryProcess, Proxy, Sink
 from tests.support.servers import RedisProcess, free_port

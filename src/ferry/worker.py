@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections import deque
 import random
 import signal
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 

