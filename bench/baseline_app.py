@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from ferry.http_protocol import GatheringHttpToolsProtocol
+from ferry.http_protocol import ProxyHttpProtocol
 
 
 def bare_app() -> Starlette:
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--certfile")
     parser.add_argument("--keyfile")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379")
-    parser.add_argument("--one-write", action="store_true", help="ferry's GatheringHttpToolsProtocol")
+    parser.add_argument("--one-write", action="store_true", help="ferry's ProxyHttpProtocol")
     args = parser.parse_args()
     app = bare_app() if args.kind == "bare" else lpush_app(args.redis_url)
     uvicorn.run(
@@ -77,7 +77,7 @@ def main() -> None:
         host=args.host,
         port=args.port,
         loop="uvloop",
-        http=GatheringHttpToolsProtocol if args.one_write else "httptools",
+        http=ProxyHttpProtocol if args.one_write else "httptools",
         workers=1,
         access_log=False,
         log_level="warning",

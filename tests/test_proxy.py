@@ -209,6 +209,49 @@ def test_expect_100_continue_and_malformed_requests_are_answered(
     assert queue_length(redis_url) == 1
 
 
+def test_a_request_head_over_32_kib_is_refused_with_431_and_nothing_stored(
+    redis_url: str, start_proxy: StartProxy, certs: CertFiles
+) -> None:
+    proxy = start_proxy(redis_url)
+    many = [b"X-Pad-%d: %s" % (number, b"p" * 1000) for number in range(40)]  # 40 lines of 1 KB
+    answer = raw_exchange(proxy, certs, post_bytes(b"many", *many))
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "headers_too_large"
+    fits = [b"X-Pad-%d: %s" % (number, b"p" * 1000) for number in range(28)]  # 28 KB: under the cap
+    assert raw_exchange(proxy, certs, post_bytes(b"fits", *fits, b"Connection: close")).startswith(b"HTTP/1.1 202")
+    assert queue_length(redis_url) == 1
+
+
+def test_one_endless_header_line_is_cut_off_long_before_it_ends(
+    redis_url: str, start_proxy: StartProxy, certs: CertFiles
+) -> None:
+    """httptools buffers a header line until it ends: the proxy must not wait for 2 GB of it."""
+    proxy = start_proxy(redis_url)
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    sent = 0
+    with socket.create_connection(("localhost", proxy.port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"POST /api/v1/messages HTTP/1.1\r\nHost: localhost\r\nX-Endless: ")
+            with pytest.raises(OSError):  # the proxy answers 431 and drops the connection
+                while sent < 200_000_000:
+                    tls.sendall(b"e" * 65536)
+                    sent += 65536
+    assert sent < 50_000_000  # the buffers on the way hold a few MB
+    assert proxy.post(b"still serving")[0] == 202
+    assert queue_length(redis_url) == 1
+
+
+def test_large_bodies_on_one_connection_are_no_large_heads(
+    redis_url: str, start_proxy: StartProxy, certs: CertFiles
+) -> None:
+    proxy = start_proxy(redis_url, FERRY_MAX_BODY_BYTES=1_000_000)
+    bodies = [bytes([65 + number]) * 300_000 for number in range(4)]
+    requests = [post_bytes(body) for body in bodies] + [post_bytes(b"last", b"Connection: close")]
+    answer = raw_exchange(proxy, certs, b"".join(requests))
+    assert answer.count(b"HTTP/1.1 202 ") == 5, answer[:300]
+    assert queue_length(redis_url) == 5
+
+
 def batch(*items: dict[str, object]) -> bytes:
     return json.dumps({"messages": list(items)}).encode()
 

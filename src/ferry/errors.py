@@ -16,6 +16,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"  # 404
     METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
     PAYLOAD_TOO_LARGE = "payload_too_large"  # 413: body over FERRY_MAX_BODY_BYTES
+    HEADERS_TOO_LARGE = "headers_too_large"  # 431: a request head over 32 KiB (the connection is closed)
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415: a batch that is not JSON
     INVALID_REQUEST = "invalid_request"  # 422: unreadable batch, bad header
     RATE_LIMITED = "rate_limited"  # 429: over this key's rate
@@ -30,6 +31,7 @@ STATUS = {
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.HEADERS_TOO_LARGE: 431,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.INVALID_REQUEST: 422,
     ErrorCode.RATE_LIMITED: 429,

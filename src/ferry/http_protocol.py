@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol, writing each response in one piece.
+"""uvicorn's httptools protocol with two changes: a response goes out in one write, and a
+request's head is capped.
 
 uvicorn writes a response's head and its body as two transport writes, and
 uvloop sends each at once: two syscalls, two TCP segments (two TLS records
@@ -6,6 +7,10 @@ over HTTPS) for every 202, and the client reads twice. Profiled under load,
 those writes were the largest single cost of the ingest route. Here writes are
 gathered and sent once, at the next turn of the event loop, so a response goes
 out whole; a streamed response still goes out chunk by chunk, one turn apart.
+
+Neither uvicorn nor httptools limits a request's head: a client could send a
+gigabyte of headers and httptools would buffer it all. Here a head over
+`MAX_HEAD_BYTES` is answered `431 headers_too_large` and the connection closed.
 """
 
 from __future__ import annotations
@@ -13,13 +18,22 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ferry.errors import STATUS, ErrorCode
+
+# nginx's default (large_client_header_buffers 4 8k): any sane client's head fits.
+MAX_HEAD_BYTES = 32 * 1024
+# After a 431, what is still read (and dropped) before the connection is closed.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 512 * 1024
 
 
 class GatheringTransport:
     """A transport whose writes of one event-loop turn go out as one write."""
 
-    __slots__ = ("_transport", "_loop", "_pending")
+    __slots__ = ("_loop", "_pending", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
@@ -50,8 +64,71 @@ class GatheringTransport:
         return getattr(self._transport, name)
 
 
-class GatheringHttpToolsProtocol(HttpToolsProtocol):
-    """httptools' protocol on a `GatheringTransport`."""
+class HeadTooLarge(Exception):
+    pass
+
+
+class ProxyHttpProtocol(HttpToolsProtocol):
+    """httptools' protocol on a `GatheringTransport`, with the request head capped.
+
+    The head is measured two ways, each a lower bound of its true size, so that
+    neither can refuse a head under the cap: its complete header lines, and the
+    whole chunks read while it was open that did not complete it (one huge line
+    is buffered by httptools until it ends, and would escape the first count).
+    """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._head_open = False
+        self._head_chunk_bytes = 0
+        self._header_bytes = 0
+        self._head_too_large = False
+        self._linger_bytes_left = 0
         super().connection_made(GatheringTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_open = True
+        self._head_chunk_bytes = self._header_bytes = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        if self._header_bytes > MAX_HEAD_BYTES:
+            self._head_too_large = True
+            raise HeadTooLarge  # stops the parser; uvicorn then calls send_400_response
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_too_large:  # lingering: read and drop, so the 431 is not lost to a reset
+            self._linger_bytes_left -= len(data)
+            if self._linger_bytes_left < 0:
+                self.transport.abort()
+            return
+        open_before = self._head_open
+        super().data_received(data)
+        if open_before and self._head_open and not self.transport.is_closing():
+            self._head_chunk_bytes += len(data)
+            if self._head_chunk_bytes > MAX_HEAD_BYTES:
+                self._head_too_large = True
+                self.send_400_response("")
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._head_too_large:
+            super().send_400_response(msg)
+            return
+        code = ErrorCode.HEADERS_TOO_LARGE
+        body = orjson.dumps({"error": code.value, "detail": f"the request's head is over {MAX_HEAD_BYTES} bytes"})
+        head = (
+            b"HTTP/1.1 %d Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % (STATUS[code], len(body))
+        )
+        self.transport.write(head + body)
+        # Closing now, with the client's bytes still arriving, would reset the connection,
+        # and a reset can destroy the 431 before the client reads it: linger first, as nginx
+        # does. Then abort: a TLS close would go on reading (and decrypting) whatever comes,
+        # waiting for the client's close_notify.
+        self._linger_bytes_left = LINGER_BYTES
+        self.loop.call_later(LINGER_SECONDS, self.transport.abort)

@@ -260,6 +260,7 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
     refusals = (
         ErrorCode.UNAUTHORIZED,
         ErrorCode.PAYLOAD_TOO_LARGE,
+        ErrorCode.HEADERS_TOO_LARGE,
         ErrorCode.INVALID_REQUEST,
         ErrorCode.RATE_LIMITED,
         ErrorCode.QUEUE_FULL,

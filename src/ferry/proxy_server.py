@@ -22,7 +22,7 @@ from ferry.connection import (
     connect,
     resolve_redis_url,
 )
-from ferry.http_protocol import GatheringHttpToolsProtocol
+from ferry.http_protocol import ProxyHttpProtocol
 from ferry.logs import configure, get_logger
 from ferry.settings import Settings
 
@@ -118,7 +118,7 @@ def run_proxy(settings: Settings, insecure: bool = False) -> None:
             port=settings.proxy_port,
             workers=settings.proxy_workers,
             loop="uvloop",
-            http=GatheringHttpToolsProtocol,
+            http=ProxyHttpProtocol,
             ws="none",  # ferry serves no WebSockets
             lifespan="on",
             access_log=False,  # a log line per message would cost more than storing it
