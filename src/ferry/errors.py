@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 import orjson
@@ -51,7 +52,7 @@ def error_response(
     code: ErrorCode,
     detail: str,
     retry_after_seconds: int | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
     headers = dict(headers or {})
     if retry_after_seconds is not None:

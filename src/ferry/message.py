@@ -84,7 +84,7 @@ class MessageStatus:
 
         return cls(
             id=message_id,
-            status=Status(text("status")),
+            status=Status(text("status") or ""),  # a hash without status is no message: ValueError
             attempts=number("attempts") or 0,
             returns=number("returns") or 0,
             last_error=text("last_error") or None,

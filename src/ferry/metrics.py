@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from ferry.queue import Snapshot
 
 # The *_created series double every counter's output and no dashboard reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 DELIVERY_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 END_TO_END_BUCKETS_SECONDS = (0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 1800, 3600, 21600, 86400)
@@ -150,7 +150,7 @@ class ProxyMetrics:
         registry = self.registry
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
-            MultiProcessCollector(registry)
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         text = generate_latest(registry)
         if snapshot is not None:
             live = CollectorRegistry()
@@ -168,8 +168,8 @@ class RouteTimes:
 def _observe_many(child: Histogram, times: RouteTimes) -> None:
     """Many observations at once. prometheus_client has no public call for this; its
     histogram child keeps a value per bucket (`_buckets`, not cumulative) and `_sum`."""
-    child._sum.inc(times.total)  # type: ignore[attr-defined]
-    for bucket, count in zip(child._buckets, times.buckets, strict=True):  # type: ignore[attr-defined]
+    child._sum.inc(times.total)
+    for bucket, count in zip(child._buckets, times.buckets, strict=True):
         if count:
             bucket.inc(count)
 

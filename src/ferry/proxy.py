@@ -157,7 +157,7 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
             return refused
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
-                await redis.ping()
+                await queue.ping()
                 size = await queue.size()
         except (*UNAVAILABLE, asyncio.TimeoutError) as error:
             return error_response(ErrorCode.REDIS_UNAVAILABLE, f"redis does not answer: {error!s}", 1)
@@ -248,7 +248,7 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
         components[model.__name__] = definition
     components["MessageStatus"] = _status_schema()
     components["BatchRequest"]["properties"]["messages"]["maxItems"] = settings.max_batch
-    security = [{"ApiKey": []}]
+    security: list[dict[str, list[str]]] = [{"ApiKey": []}]
     schema["components"]["securitySchemes"] = {"ApiKey": {"type": "http", "scheme": "bearer"}}
 
     def ref(name: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import ssl
 import tempfile
 
 import uvicorn
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 from uvicorn.supervisors import Multiprocess
 
 from ferry.auth import ApiKeys, NoApiKeys
@@ -46,7 +46,7 @@ class ProxyConfig(uvicorn.Config):
             self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
 
 
-def app_from_environment() -> FastAPI:
+def app_from_environment() -> ASGIApp:
     """The app in each uvicorn process, from the settings its parent resolved."""
     from ferry.proxy import create_app
 

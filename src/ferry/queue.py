@@ -107,7 +107,7 @@ def _enqueued(outcome: bytes, detail: bytes | int) -> Enqueued:
 
 def _script(redis: Redis, name: str) -> AsyncScript:
     source = files("ferry").joinpath("lua", f"{name}.lua").read_text()
-    return redis.register_script(source)  # type: ignore[return-value]
+    return redis.register_script(source)
 
 
 _DeadLetterChunk = Callable[[int, Sequence[str]], Awaitable[list[bytes | int]]]
@@ -115,6 +115,9 @@ _DeadLetterChunk = Callable[[int, Sequence[str]], Awaitable[list[bytes | int]]]
 
 class Queue:
     """Every operation on the queue's keys; each is one Redis round trip.
+
+    (redis-py types its async replies as `X | Awaitable[X]`, hence the
+    `type: ignore[misc]` on some awaits.)
 
     Dead-letter administration excepted: it reads a page in two round trips, and
     changes a long list in chunks.
@@ -200,7 +203,7 @@ class Queue:
         if reply or block_seconds <= 0:
             return reply
         moved = await self.redis.blmove(
-            self.keys.queue, in_flight, block_seconds, "RIGHT", "LEFT"
+            self.keys.queue, in_flight, block_seconds, "RIGHT", "LEFT"  # type: ignore[arg-type]  # seconds may be fractional
         )
         if moved is None:
             return []
@@ -307,7 +310,7 @@ class Queue:
         """A page of the dead-letter list, the most recently dead first; two round trips."""
         if limit <= 0:
             return []
-        ids = [raw.decode() for raw in await self.redis.lrange(self.keys.dead, offset, offset + limit - 1)]
+        ids = [raw.decode() for raw in await self.redis.lrange(self.keys.dead, offset, offset + limit - 1)]  # type: ignore[misc]
         if not ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -369,7 +372,7 @@ class Queue:
         return Handled(count)
 
     async def status(self, message_id: str) -> MessageStatus | None:
-        fields = await self.redis.hgetall(self.keys.message(message_id))
+        fields = await self.redis.hgetall(self.keys.message(message_id))  # type: ignore[misc]
         if not fields:
             return None
         fields.pop(b"body", None)
@@ -391,7 +394,10 @@ class Queue:
 
     async def size(self) -> int:
         """The backlog: `LLEN message_queue`, as the guide reads it."""
-        return int(await self.redis.llen(self.keys.queue))
+        return int(await self.redis.llen(self.keys.queue))  # type: ignore[misc]
 
     async def dead_size(self) -> int:
-        return int(await self.redis.llen(self.keys.dead))
+        return int(await self.redis.llen(self.keys.dead))  # type: ignore[misc]
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())  # type: ignore[misc]

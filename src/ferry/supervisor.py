@@ -140,7 +140,7 @@ class Supervisor:
             return None
         delay = min(
             self.policy.max_delay_seconds,
-            self.policy.first_delay_seconds * 2 ** (len(child.crashes) - 1),
+            self.policy.first_delay_seconds * 2.0 ** (len(child.crashes) - 1),
         )
         delay *= random.uniform(0.8, 1.2)
         log.warning("crashed, restarting", child=child.spec.name, exit_code=code, restart_in_seconds=round(delay, 2))

@@ -311,7 +311,7 @@ def _holder_is_dead(holder: str) -> bool:
 
 
 async def _wait_for_redis(queue: Queue, redis_away: RedisAway) -> None:
-    await redis_away.call(queue.redis.ping)
+    await redis_away.call(queue.ping)
 
 
 async def serve(settings: Settings, redis_url: str) -> int:
