@@ -8,9 +8,10 @@ those writes were the largest single cost of the ingest route. Here writes are
 gathered and sent once, at the next turn of the event loop, so a response goes
 out whole; a streamed response still goes out chunk by chunk, one turn apart.
 
-Neither uvicorn nor httptools limits a request's head: a client could send a
-gigabyte of headers and httptools would buffer it all. Here a head over
-`MAX_HEAD_BYTES` is answered `431 headers_too_large` and the connection closed.
+Neither uvicorn nor httptools limits a request's header fields: a client could
+send a gigabyte of headers (or of chunked trailers) and httptools would buffer
+it all. Here header fields over `MAX_HEAD_BYTES` are answered
+`431 headers_too_large` and the connection closed.
 """
 
 from __future__ import annotations
@@ -69,26 +70,29 @@ class HeadTooLarge(Exception):
 
 
 class ProxyHttpProtocol(HttpToolsProtocol):
-    """httptools' protocol on a `GatheringTransport`, with the request head capped.
+    """httptools' protocol on a `GatheringTransport`, with header fields capped.
 
-    The head is measured two ways, each a lower bound of its true size, so that
-    neither can refuse a head under the cap: its complete header lines, and the
-    whole chunks read while it was open that did not complete it (one huge line
-    is buffered by httptools until it ends, and would escape the first count).
+    Two counts, each a lower bound of the header bytes received, so that neither
+    can refuse a request under the cap: the complete header (and trailer) lines,
+    and the reads in a row that moved no request forward (began none, ended no
+    head, carried no body byte, completed none). httptools buffers a header or
+    trailer line until it ends, so one endless line escapes the first count; it
+    cannot escape the second, since only such lines (or chunk framing) make reads
+    that move nothing.
     """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._head_open = False
-        self._head_chunk_bytes = 0
         self._header_bytes = 0
+        self._stalled_bytes = 0
+        self._progressed = False
         self._head_too_large = False
         self._linger_bytes_left = 0
         super().connection_made(GatheringTransport(transport, self.loop))  # type: ignore[arg-type]
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_open = True
-        self._head_chunk_bytes = self._header_bytes = 0
+        self._header_bytes = 0
+        self._progressed = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4  # ": " and CRLF
@@ -98,29 +102,42 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._head_open = False
+        self._progressed = True
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._progressed = True
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._progressed = True
+        super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
         if self._head_too_large:  # lingering: read and drop, so the 431 is not lost to a reset
             self._linger_bytes_left -= len(data)
             if self._linger_bytes_left < 0:
-                self.transport.abort()
+                self.loop.call_soon(self.transport.abort)  # after the 431's flush, queued first
             return
-        open_before = self._head_open
+        self._progressed = False
         super().data_received(data)
-        if open_before and self._head_open and not self.transport.is_closing():
-            self._head_chunk_bytes += len(data)
-            if self._head_chunk_bytes > MAX_HEAD_BYTES:
-                self._head_too_large = True
-                self.send_400_response("")
+        if self._head_too_large or self.transport.is_closing():
+            return
+        if self._progressed:
+            self._stalled_bytes = 0
+            return
+        self._stalled_bytes += len(data)
+        if self._stalled_bytes > MAX_HEAD_BYTES:
+            self._head_too_large = True
+            self.send_400_response("")
 
     def send_400_response(self, msg: str) -> None:
         if not self._head_too_large:
             super().send_400_response(msg)
             return
         code = ErrorCode.HEADERS_TOO_LARGE
-        body = orjson.dumps({"error": code.value, "detail": f"the request's head is over {MAX_HEAD_BYTES} bytes"})
+        detail = f"the request's header fields are over {MAX_HEAD_BYTES} bytes"
+        body = orjson.dumps({"error": code.value, "detail": detail})
         head = (
             b"HTTP/1.1 %d Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n" % (STATUS[code], len(body))

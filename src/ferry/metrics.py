@@ -21,7 +21,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from ferry.logs import get_logger
 from ferry.queue import Snapshot
+
+log = get_logger(__name__)
 
 # The *_created series double every counter's output and no dashboard reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -140,7 +143,10 @@ class ProxyMetrics:
         try:
             while True:
                 await asyncio.sleep(self.FLUSH_SECONDS)
-                self.flush()
+                try:
+                    self.flush()
+                except Exception:  # a failed write must not end the flushing for good
+                    log.exception("writing the request metrics failed")
         finally:
             self.flush()
 

@@ -1,0 +1,149 @@
+"""ferry's HTTP protocol in process, fed the same bytes cut at many read boundaries.
+
+Over a socket the kernel and TLS choose where reads end; here the test does, so
+a request's head or body straddling two reads is certain to be tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.types import Receive, Scope, Send
+from uvicorn.server import ServerState
+
+from ferry.http_protocol import MAX_HEAD_BYTES, ProxyHttpProtocol
+
+READ_SIZES = [1000, 4096, 8192, 12_000, 16_384, 40_000, 65_536, 131_072]
+
+
+async def echo_length(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers 202 with the length of the body it read (as the ingest route reads it)."""
+    if scope["type"] != "http":
+        return
+    size, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = json.dumps({"length": size}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 202, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RecordingTransport(asyncio.Transport):
+    """What the protocol writes, and whether it closed or aborted the connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+        self.paused = False
+
+    def write(self, data: Any) -> None:
+        assert not self.closed, "written after close"
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8001), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+
+async def exchange(data: bytes, read_size: int) -> RecordingTransport:
+    """Feeds `data` in reads of `read_size` (waiting while the protocol pauses reading)."""
+    config = uvicorn.Config(echo_length, http=ProxyHttpProtocol, lifespan="off", log_level="critical")
+    config.load()
+    protocol = ProxyHttpProtocol(config, ServerState(), {}, asyncio.get_running_loop())
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    for start in range(0, len(data), read_size):
+        while transport.paused and not transport.closed:
+            await asyncio.sleep(0)
+        if transport.closed:
+            break
+        protocol.data_received(data[start : start + read_size])
+        await asyncio.sleep(0)
+    quiet = 0
+    while quiet < 100:  # until nothing more is written: the pipelined answers come one by one
+        written = len(transport.written)
+        await asyncio.sleep(0)
+        quiet = quiet + 1 if len(transport.written) == written else 0
+    return transport
+
+
+def post(body: bytes, *headers: bytes) -> bytes:
+    head = [b"POST /api/v1/messages HTTP/1.1", b"Host: x", b"Content-Length: %d" % len(body), *headers]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def statuses(written: bytes) -> list[int]:
+    return [int(part[:3]) for part in bytes(written).split(b"HTTP/1.1 ")[1:]]
+
+
+@pytest.mark.parametrize("read_size", READ_SIZES)
+async def test_pipelined_large_bodies_are_never_taken_for_large_heads(read_size: int) -> None:
+    bodies = [bytes([65 + number % 26]) * (40_000 + number) for number in range(12)]
+    transport = await exchange(b"".join(post(body) for body in bodies), read_size)
+    assert statuses(transport.written) == [202] * len(bodies)
+    lengths = [json.loads(part.split(b"\r\n\r\n", 1)[1]) for part in bytes(transport.written).split(b"HTTP/1.1 ")[1:]]
+    assert [answer["length"] for answer in lengths] == [len(body) for body in bodies]
+    assert not transport.closed
+
+
+@pytest.mark.parametrize("read_size", READ_SIZES)
+async def test_many_small_pipelined_requests_are_all_answered(read_size: int) -> None:
+    transport = await exchange(b"".join(post(b"m%d" % number) for number in range(2000)), read_size)
+    assert statuses(transport.written) == [202] * 2000
+
+
+@pytest.mark.parametrize("read_size", READ_SIZES)
+async def test_headers_over_the_cap_get_exactly_one_431(read_size: int) -> None:
+    padding = [b"X-Pad-%d: %s" % (number, b"p" * 1000) for number in range(40)]
+    transport = await exchange(post(b"x", *padding) + post(b"next"), read_size)
+    assert statuses(transport.written) == [431]
+    assert b'"error":"headers_too_large"' in transport.written
+
+
+@pytest.mark.parametrize("read_size", READ_SIZES)
+async def test_headers_just_under_the_cap_are_served(read_size: int) -> None:
+    line_bytes = 1000 + len(b"X-Pad-00") + 4
+    padding = [b"X-Pad-%02d: %s" % (number, b"p" * 1000) for number in range((MAX_HEAD_BYTES - 200) // line_bytes)]
+    transport = await exchange(post(b"x", *padding) + post(b"next"), read_size)
+    assert statuses(transport.written) == [202, 202]
+
+
+@pytest.mark.parametrize("read_size", READ_SIZES)
+async def test_an_endless_trailer_line_is_cut_off(read_size: int) -> None:
+    """Trailers of a chunked body are header fields too, buffered by httptools until they end."""
+    head = b"POST /api/v1/messages HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked = head + b"5\r\nhello\r\n0\r\nX-Trailer: " + b"t" * 2_000_000
+    transport = await exchange(chunked, read_size)
+    assert statuses(transport.written) == [431]
+
+
+async def test_a_chunked_body_of_tiny_chunks_is_served() -> None:
+    head = b"POST /api/v1/messages HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunks = b"".join(b"1\r\n%c\r\n" % (97 + number % 26) for number in range(30_000))
+    transport = await exchange(head + chunks + b"0\r\n\r\n", 7)
+    assert statuses(transport.written) == [202]
+    assert json.loads(bytes(transport.written).split(b"\r\n\r\n", 1)[1]) == {"length": 30_000}
