@@ -72,17 +72,15 @@ class HeadTooLarge(Exception):
 class ProxyHttpProtocol(HttpToolsProtocol):
     """httptools' protocol on a `GatheringTransport`, with header fields capped.
 
-    Two counts, each a lower bound of the header bytes received, so that neither
-    can refuse a request under the cap: the complete header (and trailer) lines,
-    and the reads in a row that moved no request forward (began none, ended no
-    head, carried no body byte, completed none). httptools buffers a header or
-    trailer line until it ends, so one endless line escapes the first count; it
-    cannot escape the second, since only such lines (or chunk framing) make reads
-    that move nothing.
+    Two checks, each on a lower bound of the header bytes received, so that
+    neither can refuse a request under the cap: a head's size once it is whole,
+    and the reads in a row that moved no request forward (began none, carried no
+    body byte). httptools buffers a header or trailer line until it ends, so an
+    endless line never makes a whole head; it cannot escape the second check,
+    since only such lines (or chunk framing) make reads that move nothing.
     """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._header_bytes = 0
         self._stalled_bytes = 0
         self._progressed = False
         self._head_too_large = False
@@ -91,27 +89,18 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._header_bytes = 0
         self._progressed = True
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4  # ": " and CRLF
-        if self._header_bytes > MAX_HEAD_BYTES:
-            self._head_too_large = True
-            raise HeadTooLarge  # stops the parser; uvicorn then calls send_400_response
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._progressed = True
+        head_bytes = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if head_bytes > MAX_HEAD_BYTES:
+            self._head_too_large = True
+            raise HeadTooLarge  # stops the parser; uvicorn then calls send_400_response
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
         self._progressed = True
         super().on_body(body)
-
-    def on_message_complete(self) -> None:
-        self._progressed = True
-        super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
         if self._head_too_large:  # lingering: read and drop, so the 431 is not lost to a reset
@@ -121,15 +110,13 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             return
         self._progressed = False
         super().data_received(data)
-        if self._head_too_large or self.transport.is_closing():
-            return
         if self._progressed:
             self._stalled_bytes = 0
-            return
-        self._stalled_bytes += len(data)
-        if self._stalled_bytes > MAX_HEAD_BYTES:
-            self._head_too_large = True
-            self.send_400_response("")
+        elif not self._head_too_large:
+            self._stalled_bytes += len(data)
+            if self._stalled_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+                self._head_too_large = True
+                self.send_400_response("")
 
     def send_400_response(self, msg: str) -> None:
         if not self._head_too_large:
