@@ -10,8 +10,11 @@ from collections.abc import Callable
 import pytest
 from standardwebhooks import Webhook
 
+from ferry.keys import Keys
+from ferry.message import new_message_id, now_ms
 from tests.support.certs import CertFiles
 from tests.support.inspect import (
+    client,
     dead_ids,
     enqueue,
     in_flight,
@@ -383,3 +386,28 @@ def test_bad_setting_stops_the_worker_with_one_clear_line(tmp_path: object) -> N
         "ferry: invalid setting WORKER_CONCURRENCY: Input should be a valid integer, "
         "unable to parse string as an integer (got 'many')"
     ]
+
+
+def test_messages_claimed_by_a_lost_reply_are_delivered_while_the_worker_lives(
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    """Redis ran a claim, then died (or the connection dropped) before its reply came:
+    the ids sit in the live worker's in-flight list, and it must not hold them for ever."""
+    sink = start_sink()
+    worker = start_worker(redis_url, sink.url, WORKER_ID="w1")
+    wait_until(lambda: "worker started" in worker.log())
+    keys, now = Keys(), now_ms()
+    strays = [new_message_id() for _ in range(3)]
+    with client(redis_url).pipeline(transaction=True) as pipe:  # what such a claim leaves behind
+        for number, message_id in enumerate(strays):
+            pipe.hset(keys.message(message_id), mapping={
+                "body": b'{"stray": %d}' % number, "content_type": "application/json", "status": "delivering",
+                "attempts": 1, "returns": 0, "created_at": now, "updated_at": now, "worker": "w1",
+            })
+            pipe.lpush(keys.in_flight("w1"), message_id)
+        pipe.execute()
+    wait_until(unique(sink, 3), timeout=20)
+    assert all(status(redis_url, message_id).status == "delivered" for message_id in strays)
+    wait_until(lambda: in_flight(redis_url, "w1") == [])
+    assert "gave back messages claimed with a lost reply" in worker.log()
+    assert worker.process is not None and worker.process.poll() is None

@@ -8,7 +8,7 @@ copy a message. See DESIGN.md, "Reliable queue".
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Literal
@@ -133,6 +133,7 @@ class Queue:
         self._promote_due = _script(redis, "promote_due")
         self._reap = _script(redis, "reap")
         self._release = _script(redis, "release")
+        self._return_strays = _script(redis, "return_strays")
         self._replay = _script(redis, "replay")
         self._purge = _script(redis, "purge")
 
@@ -305,6 +306,15 @@ class Queue:
             args=[self.keys.message_prefix, now_ms(), worker_id],
         )
         return int(released)
+
+    async def return_strays(self, worker_id: str, held: Collection[str]) -> int:
+        """Give back what this worker's in-flight list holds beyond `held`: claims whose
+        replies were lost. Only safe while no claim of this worker is under way."""
+        returned = await self._return_strays(
+            keys=[self.keys.in_flight(worker_id), self.keys.queue],
+            args=[self.keys.message_prefix, now_ms(), *held],
+        )
+        return int(returned)
 
     async def dead_letters(self, limit: int = 50, offset: int = 0) -> list[DeadLetter]:
         """A page of the dead-letter list, the most recently dead first; two round trips."""

@@ -92,6 +92,8 @@ class Worker:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.deliveries: set[asyncio.Task[None]] = set()
         self.waiting: deque[Message] = deque()  # claimed ahead, not yet being delivered
+        self.held: set[str] = set()  # ids claimed and not yet settled (waiting or delivering)
+        self._next_stray_check = 0.0  # monotonic time; 0: at the next fetch
         # Loops end on these flags, not on cancellation alone: a Redis client that
         # swallows a CancelledError must not keep a stopping worker fetching.
         self._stopping = asyncio.Event()  # no more fetching
@@ -200,15 +202,34 @@ class Worker:
                 await self._room.wait()
                 continue
             try:
+                await self._return_strays()
                 messages = await self.queue.claim(self.worker_id, room, block_seconds=BLOCK_SECONDS)
             except UNAVAILABLE as error:
+                self._next_stray_check = 0.0  # its reply may be lost, not the claim
                 await self.redis_away.wait(error)
                 continue
             self.redis_away.ok()
+            self.held.update(message.id for message in messages)
             if self._stopping.is_set():
                 return  # claimed as the stop came: still in-flight, given back at exit
             self.waiting.extend(messages)
             self._start_waiting()
+
+    async def _return_strays(self) -> None:
+        """Give back what this worker's in-flight list holds that the worker does not know of.
+
+        A claim whose reply was lost (Redis died after running it, or the client
+        retried it on a dropped connection) leaves its ids there, and under this
+        worker's live lease nobody else would return them. Checked after a failed
+        claim and once a lease period; only here, between claims, so no claim's ids
+        can be taken for strays.
+        """
+        if time.monotonic() < self._next_stray_check:
+            return
+        returned = await self.queue.return_strays(self.worker_id, self.held)
+        self._next_stray_check = time.monotonic() + self.settings.lease_seconds
+        if returned:
+            log.warning("gave back messages claimed with a lost reply", count=returned)
 
     def _start_waiting(self) -> None:
         while self.waiting and len(self.deliveries) < self.settings.worker_concurrency:
@@ -234,6 +255,7 @@ class Worker:
             self.metrics.delivery_seconds.observe(time.perf_counter() - started)
             await self._settle(message, outcome)
         finally:
+            self.held.discard(message.id)
             self.metrics.active.dec()
 
     async def _settle(self, message: Message, outcome: Outcome) -> None:
