@@ -133,7 +133,6 @@ class Queue:
         self._promote_due = _script(redis, "promote_due")
         self._reap = _script(redis, "reap")
         self._release = _script(redis, "release")
-        self._return_strays = _script(redis, "return_strays")
         self._replay = _script(redis, "replay")
         self._purge = _script(redis, "purge")
 
@@ -296,6 +295,14 @@ class Queue:
 
     async def release(self, worker_id: str) -> int:
         """Give back all this worker holds (a clean shutdown) and leave the registry."""
+        return await self._give_back(worker_id, (), sign_off=True)
+
+    async def return_strays(self, worker_id: str, held: Collection[str]) -> int:
+        """Give back what this worker's in-flight list holds beyond `held`: claims whose
+        replies were lost. Only safe while no claim of this worker is under way."""
+        return await self._give_back(worker_id, held, sign_off=False)
+
+    async def _give_back(self, worker_id: str, held: Collection[str], *, sign_off: bool) -> int:
         released = await self._release(
             keys=[
                 self.keys.in_flight(worker_id),
@@ -303,18 +310,9 @@ class Queue:
                 self.keys.heartbeat(worker_id),
                 self.keys.workers,
             ],
-            args=[self.keys.message_prefix, now_ms(), worker_id],
+            args=[self.keys.message_prefix, now_ms(), worker_id, "1" if sign_off else "0", *held],
         )
         return int(released)
-
-    async def return_strays(self, worker_id: str, held: Collection[str]) -> int:
-        """Give back what this worker's in-flight list holds beyond `held`: claims whose
-        replies were lost. Only safe while no claim of this worker is under way."""
-        returned = await self._return_strays(
-            keys=[self.keys.in_flight(worker_id), self.keys.queue],
-            args=[self.keys.message_prefix, now_ms(), *held],
-        )
-        return int(returned)
 
     async def dead_letters(self, limit: int = 50, offset: int = 0) -> list[DeadLetter]:
         """A page of the dead-letter list, the most recently dead first; two round trips."""
