@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from ferry.http_protocol import ProxyHttpProtocol
+from ferry.adapters.uvicorn import ProxyHttpProtocol
 
 
 def bare_app() -> Starlette:

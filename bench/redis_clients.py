@@ -41,9 +41,9 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ferry.batching import Coalescer  # noqa: E402
-from ferry.message import NewMessage, new_message_id  # noqa: E402
 from ferry.queue import Enqueued, Queue  # noqa: E402
+from ferry.queue.batching import Coalescer  # noqa: E402
+from ferry.queue.message import NewMessage, new_message_id  # noqa: E402
 from tests.support.servers import RedisProcess  # noqa: E402
 
 BODY = b'{"payload": "' + b"x" * 485 + b'"}'  # 500 bytes, as in DESIGN.md's figures

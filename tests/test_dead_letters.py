@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from ferry.connection import connect
-from ferry.message import NewMessage, Status, new_message_id
-from ferry.queue import DEAD_LETTER_CHUNK, Queue
+from ferry.queue import Queue
+from ferry.queue.queue import DEAD_LETTER_CHUNK
+from ferry.queue.connection import connect
+from ferry.queue.message import NewMessage, Status, new_message_id
 from tests.support.inspect import client, dead_ids, enqueue, queue_length, status, with_queue
 from tests.support.processes import FerryProcess, Proxy, Sink, ferry_command, wait_until
 

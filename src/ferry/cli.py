@@ -58,7 +58,7 @@ def worker(
 ) -> None:
     """One worker process: take messages off the queue and deliver them to the main server."""
     _exit_quietly_on_early_sigterm()
-    from ferry.worker import run_worker
+    from ferry.worker.worker import run_worker
 
     settings = _settings(
         worker_concurrency=concurrency,
@@ -88,7 +88,7 @@ def proxy(
     log_level: Annotated[str | None, typer.Option(help="Log level [env LOG_LEVEL, INFO].")] = None,
 ) -> None:
     """The HTTPS proxy: clients POST messages, it answers 202 once each is stored in Redis."""
-    from ferry.proxy_server import ProxyRefused, run_proxy
+    from ferry.proxy.server import ProxyRefused, run_proxy
 
     settings = _settings(
         proxy_host=host,
@@ -115,7 +115,7 @@ def up(
     log_level: Annotated[str | None, typer.Option(help="Log level [env LOG_LEVEL, INFO].")] = None,
 ) -> None:
     """The whole stack on this machine: Valkey, TLS, the main server, the proxy and workers."""
-    from ferry.stack import StackRefused, UpOptions, run_stack
+    from ferry.processes.stack import StackRefused, UpOptions, run_stack
 
     settings = _settings(log_level=log_level.upper() if log_level else None)
     try:
@@ -149,8 +149,8 @@ def workers_start(
     redis_url: Annotated[str | None, typer.Option(help="Redis URL [env REDIS_URL; unset: embedded Valkey].")] = None,
 ) -> None:
     """Start N workers, restart crashed ones, scale with SIGTTIN/SIGTTOU or --autoscale; SIGTERM drains all."""
-    from ferry.autoscaler import AutoscalePolicy
-    from ferry.worker_pool import run_workers
+    from ferry.processes.autoscaler import AutoscalePolicy
+    from ferry.processes.worker_pool import run_workers
 
     settings = _settings(
         worker_concurrency=concurrency,
@@ -275,9 +275,9 @@ def dead_list(
     from rich.table import Table
     from rich.text import Text
 
-    from ferry.connection import NoRedis, run_on_queue
-    from ferry.message import DeadLetter
+    from ferry.processes.redis_url import NoRedis, run_on_queue
     from ferry.queue import Queue
+    from ferry.queue.message import DeadLetter
 
     async def read(queue: Queue) -> tuple[list[DeadLetter], int]:
         return await queue.dead_letters(limit, offset), await queue.dead_size()
@@ -312,7 +312,7 @@ def dead_list(
 @dead.command("replay")
 def dead_replay(ids: DeadIds = None, all_: AllDead = False, redis_url: AdminRedisUrl = None) -> None:
     """Put dead letters back on the queue with their attempts reset: the ids given, or --all."""
-    from ferry.connection import NoRedis, run_on_queue
+    from ferry.processes.redis_url import NoRedis, run_on_queue
 
     given = _selection(ids, all_)
     settings = _settings(redis_url=redis_url)
@@ -334,7 +334,7 @@ def dead_purge(
     """Delete dead letters and their bodies for good: the ids given, or --all."""
     import sys
 
-    from ferry.connection import NoRedis, run_on_queue
+    from ferry.processes.redis_url import NoRedis, run_on_queue
 
     given = _selection(ids, all_)
     settings = _settings(redis_url=redis_url)

@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from ferry.adapters.prometheus import observe_many
 from ferry.logs import get_logger
 from ferry.queue import Snapshot
 
@@ -134,7 +135,7 @@ class ProxyMetrics:
         for (method, route, status), count in answers.items():
             self.requests.labels(method, route, str(status)).inc(count)
         for (method, route), route_times in times.items():
-            _observe_many(self.duration.labels(method, route), route_times)
+            observe_many(self.duration.labels(method, route), route_times.buckets, route_times.total)
         if self._accepted:
             self.accepted.inc(self._accepted)
             self._accepted = 0
@@ -169,15 +170,6 @@ class ProxyMetrics:
 class RouteTimes:
     buckets: list[int]  # observations per bucket (not cumulative), +Inf last
     total: float = 0.0
-
-
-def _observe_many(child: Histogram, times: RouteTimes) -> None:
-    """Many observations at once. prometheus_client has no public call for this; its
-    histogram child keeps a value per bucket (`_buckets`, not cumulative) and `_sum`."""
-    child._sum.inc(times.total)
-    for bucket, count in zip(child._buckets, times.buckets, strict=True):
-        if count:
-            bucket.inc(count)
 
 
 class QueueCollector(Collector):

@@ -11,9 +11,9 @@ from typing import TypeVar
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from ferry.connection import connect
-from ferry.message import MessageStatus, NewMessage, new_message_id
 from ferry.queue import Queue
+from ferry.queue.connection import connect
+from ferry.queue.message import MessageStatus, NewMessage, new_message_id
 
 T = TypeVar("T")
 

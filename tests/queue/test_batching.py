@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from ferry.batching import Coalescer
+from ferry.queue.batching import Coalescer
 
 
 async def test_concurrent_submits_share_one_call_and_keep_their_order() -> None:

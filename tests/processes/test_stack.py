@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ferry.supervisor import ChildSpec, RestartPolicy, State, Supervisor
+from ferry.processes.supervisor import ChildSpec, RestartPolicy, State, Supervisor
 from tests.support.inspect import enqueue, queue_length, registered_workers, scrape_text
 from tests.support.processes import FerryProcess, Sink, wait_until
 from tests.support.servers import free_port, free_port_range

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ferry.autoscaler import AutoscalePolicy, Autoscaler
+from ferry.processes.autoscaler import AutoscalePolicy, Autoscaler
 
 POLICY = AutoscalePolicy(
     min_workers=1, max_workers=4, scale_up_queue=1000, growth_samples=2,

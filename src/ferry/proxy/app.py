@@ -18,11 +18,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ferry import __version__
-from ferry.admin import add_admin_routes
-from ferry.auth import ApiKeys
-from ferry.connection import UNAVAILABLE, connect
-from ferry.errors import STATUS, ErrorBody, ErrorCode, error_response
-from ferry.ingest import (
+from ferry.logs import get_logger
+from ferry.metrics import ProxyMetrics
+from ferry.proxy.admin import add_admin_routes
+from ferry.proxy.auth import ApiKeys
+from ferry.proxy.errors import STATUS, ErrorBody, ErrorCode, error_response
+from ferry.proxy.ingest import (
     Answer,
     BatchAccepted,
     BatchRequest,
@@ -31,10 +32,9 @@ from ferry.ingest import (
     header_map,
     json_response,
 )
-from ferry.logs import get_logger
-from ferry.message import MessageStatus, Status
-from ferry.metrics import ProxyMetrics
 from ferry.queue import Queue
+from ferry.queue.connection import UNAVAILABLE, connect
+from ferry.queue.message import MessageStatus, Status
 from ferry.settings import Settings
 
 log = get_logger(__name__)

@@ -9,21 +9,19 @@ import shutil
 import ssl
 import tempfile
 
-import uvicorn
 from starlette.types import ASGIApp
-from uvicorn.supervisors import Multiprocess
 
-from ferry.auth import ApiKeys, NoApiKeys
-from ferry.connection import (
+from ferry.adapters.uvicorn import ProxyConfig, ProxyHttpProtocol, serve
+from ferry.logs import configure, get_logger
+from ferry.processes.redis_url import resolve_redis_url
+from ferry.proxy.auth import ApiKeys, NoApiKeys
+from ferry.queue.connection import (
     UNAVAILABLE,
     UnsafeRedis,
     check_server,
     check_strict_durability,
     connect,
-    resolve_redis_url,
 )
-from ferry.http_protocol import ProxyHttpProtocol
-from ferry.logs import configure, get_logger
 from ferry.settings import Settings
 
 log = get_logger(__name__)
@@ -37,18 +35,9 @@ class ProxyRefused(Exception):
     """The proxy will not start; the message says why in one line."""
 
 
-class ProxyConfig(uvicorn.Config):
-    """uvicorn's config, with TLS 1.2 as the oldest protocol it will speak."""
-
-    def load(self) -> None:
-        super().load()
-        if self.ssl is not None:
-            self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
-
-
 def app_from_environment() -> ASGIApp:
     """The app in each uvicorn process, from the settings its parent resolved."""
-    from ferry.proxy import create_app
+    from ferry.proxy.app import create_app
 
     settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
     configure(settings.log_level)
@@ -112,7 +101,7 @@ def run_proxy(settings: Settings, insecure: bool = False) -> None:
             }
         )
         config = ProxyConfig(
-            "ferry.proxy_server:app_from_environment",
+            "ferry.proxy.server:app_from_environment",
             factory=True,
             host=settings.proxy_host,
             port=settings.proxy_port,
@@ -135,11 +124,7 @@ def run_proxy(settings: Settings, insecure: bool = False) -> None:
             url=f"{'https' if settings.proxy_certfile else 'http'}://{settings.proxy_host}:{settings.proxy_port}",
             workers=settings.proxy_workers,
         )
-        server = uvicorn.Server(config)
-        if settings.proxy_workers > 1:
-            Multiprocess(config, sockets=[config.bind_socket()]).run()
-        else:
-            server.run()
+        serve(config)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
         if embedded is not None:

@@ -22,15 +22,16 @@ from typing import TypeVar
 import structlog
 from prometheus_client import start_http_server
 
-from ferry.batching import Coalescer
-from ferry.connection import UNAVAILABLE, UnsafeRedis, check_server, connect, resolve_redis_url
-from ferry.delivery import Deliverer, Outcome, Verdict
 from ferry.logs import configure, get_logger
-from ferry.message import Message, now_ms
 from ferry.metrics import WorkerMetrics
+from ferry.processes.redis_url import resolve_redis_url
 from ferry.queue import Queue
-from ferry.retry_policy import next_delay_seconds
+from ferry.queue.batching import Coalescer
+from ferry.queue.connection import UNAVAILABLE, UnsafeRedis, check_server, connect
+from ferry.queue.message import Message, now_ms
 from ferry.settings import Settings
+from ferry.worker.delivery import Deliverer, Outcome, Verdict
+from ferry.worker.retry_policy import next_delay_seconds
 
 log = get_logger(__name__)
 T = TypeVar("T")

@@ -1,115 +1,23 @@
-"""Connecting to Redis: the URL (given or embedded), a resilient client, a safety check."""
+"""Connecting to Redis: a resilient client, and the checks before trusting a server."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import (
-    AbstractConnection,
-    Connection,
-    ConnectionPool,
-    SSLConnection,
-    UnixDomainSocketConnection,
-    parse_url,
-)
+from redis.asyncio.connection import Connection, ConnectionPool, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
-from ferry.embedded import EmbeddedValkey, start_or_share
-from ferry.queue import Queue
-from ferry.settings import Settings
-
-T = TypeVar("T")
+from ferry.adapters.redis import hiredis_packed
 
 # Redis errors that mean "not reachable right now": wait and try again, never give up.
 UNAVAILABLE = (ConnectionError, TimeoutError, OSError)
 
 # Blocking reads (BLMOVE) wait at most this long, well under the socket timeout.
 SOCKET_TIMEOUT_SECONDS = 10.0
-
-
-def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedValkey | None]:
-    """REDIS_URL, or the embedded Valkey of FERRY_HOME (started if this is the first process)."""
-    if settings.redis_url:
-        return settings.redis_url, None
-    return start_or_share(settings.home)
-
-
-class NoRedis(Exception):
-    """No Redis to administer: none configured and none running, or it does not answer."""
-
-
-def running_redis_url(settings: Settings) -> str:
-    """REDIS_URL, or the embedded Valkey of FERRY_HOME if one already runs; never starts one.
-
-    For commands that look at a stack rather than run one: a fresh, empty server
-    would only hide a wrong FERRY_HOME behind an empty answer.
-    """
-    if settings.redis_url:
-        return settings.redis_url
-    url = EmbeddedValkey(settings.home).running_url()
-    if url is None:
-        raise NoRedis(
-            f"no Redis: set REDIS_URL or start ferry (no embedded Valkey runs in FERRY_HOME={settings.home})"
-        )
-    return url
-
-
-def run_on_queue(settings: Settings, operation: Callable[[Queue], Awaitable[T]]) -> T:
-    """One operation on the queue of the running Redis, from synchronous code (admin commands)."""
-    url = running_redis_url(settings)
-
-    async def run() -> T:
-        redis = connect(url, retries=1)
-        try:
-            return await operation(Queue(redis))
-        finally:
-            await redis.aclose()
-
-    try:
-        return asyncio.run(run())
-    except UNAVAILABLE as error:
-        raise NoRedis(f"Redis at {url} does not answer: {error}") from None
-
-
-class HiredisPacking:
-    """Commands packed in C by hiredis.
-
-    redis-py's asyncio connections pack commands in Python, one argument at a
-    time (its synchronous ones use hiredis): a 64-message enqueue took 550 µs
-    to pack, against 74 µs here, which was 7% of the proxy's ingest route.
-    """
-
-    _serializer = HiredisRespSerializer()
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        packed: list[bytes] = self._serializer.pack(*args)
-        return packed
-
-
-class HiredisConnection(HiredisPacking, Connection):
-    pass
-
-
-class HiredisSSLConnection(HiredisPacking, SSLConnection):
-    pass
-
-
-class HiredisUnixConnection(HiredisPacking, UnixDomainSocketConnection):
-    pass
-
-
-HIREDIS_PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {
-    Connection: HiredisConnection,
-    SSLConnection: HiredisSSLConnection,
-    UnixDomainSocketConnection: HiredisUnixConnection,
-}
 
 
 def connect(url: str, retries: int = 3) -> Redis:
@@ -128,7 +36,7 @@ def connect(url: str, retries: int = 3) -> Redis:
     if not url.startswith("unix://"):
         options["socket_keepalive"] = True
     options.update(parse_url(url))  # as Redis.from_url: the URL's own options win
-    options["connection_class"] = HIREDIS_PACKED[options.get("connection_class", Connection)]
+    options["connection_class"] = hiredis_packed(options.get("connection_class", Connection))
     return Redis.from_pool(ConnectionPool(**options))
 
 

@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
 
-from ferry.autoscaler import AutoscalePolicy, Autoscaler
-from ferry.connection import UNAVAILABLE, connect, resolve_redis_url
 from ferry.logs import configure, get_logger
 from ferry.metrics import SupervisorMetrics
+from ferry.processes.autoscaler import AutoscalePolicy, Autoscaler
+from ferry.processes.redis_url import resolve_redis_url
+from ferry.processes.supervisor import ChildSpec, Supervisor, child_env, ferry_argv
 from ferry.queue import Queue
+from ferry.queue.connection import UNAVAILABLE, connect
 from ferry.settings import Settings, env_name
-from ferry.supervisor import ChildSpec, Supervisor, child_env, ferry_argv
 
 log = get_logger(__name__)
 

@@ -15,12 +15,12 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.responses import Response
 
-from ferry.auth import ApiKeys
-from ferry.connection import UNAVAILABLE
-from ferry.errors import STATUS, ErrorBody, ErrorCode, error_response
-from ferry.ingest import REDIS_RETRY_AFTER_SECONDS, json_response
 from ferry.logs import get_logger
+from ferry.proxy.auth import ApiKeys
+from ferry.proxy.errors import STATUS, ErrorBody, ErrorCode, error_response
+from ferry.proxy.ingest import REDIS_RETRY_AFTER_SECONDS, json_response
 from ferry.queue import Handled, Queue
+from ferry.queue.connection import UNAVAILABLE
 from ferry.settings import Settings
 
 log = get_logger(__name__)

@@ -19,13 +19,13 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ferry.auth import ApiKeys
-from ferry.batching import Coalescer
-from ferry.connection import UNAVAILABLE
-from ferry.errors import ErrorCode, error_response
-from ferry.message import NewMessage, new_message_id
 from ferry.metrics import ProxyMetrics
+from ferry.proxy.auth import ApiKeys
+from ferry.proxy.errors import ErrorCode, error_response
 from ferry.queue import Enqueued, Limits, Queue
+from ferry.queue.batching import Coalescer
+from ferry.queue.connection import UNAVAILABLE
+from ferry.queue.message import NewMessage, new_message_id
 from ferry.settings import Settings
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"

@@ -7,9 +7,9 @@ from email.utils import format_datetime
 
 import pytest
 
-from ferry.delivery import Verdict, judge, parse_retry_after
-from ferry.retry_policy import next_delay_seconds
 from ferry.settings import Settings
+from ferry.worker.delivery import Verdict, judge, parse_retry_after
+from ferry.worker.retry_policy import next_delay_seconds
 
 
 def settings(**values: object) -> Settings:

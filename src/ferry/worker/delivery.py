@@ -16,7 +16,7 @@ from enum import Enum
 import aiohttp
 
 from ferry import __version__
-from ferry.message import Message
+from ferry.queue.message import Message
 from ferry.settings import Settings
 
 # Answers that say "not now" rather than "never": retried like a 5xx.

@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ferry.connection import resolve_redis_url
-from ferry.devcerts import ensure_dev_tls
 from ferry.logs import configure, get_logger
 from ferry.metrics import SupervisorMetrics
+from ferry.processes.devcerts import ensure_dev_tls
+from ferry.processes.redis_url import resolve_redis_url
+from ferry.processes.supervisor import ChildSpec, Supervisor, child_env, ferry_argv
+from ferry.processes.worker_pool import WORKER_GROUP, WorkerPool, settings_env
 from ferry.settings import Settings
-from ferry.supervisor import ChildSpec, Supervisor, child_env, ferry_argv
-from ferry.worker_pool import WORKER_GROUP, WorkerPool, settings_env
 
 log = get_logger(__name__)
 

@@ -17,8 +17,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError
 
-from ferry.keys import Keys
-from ferry.message import DeadLetter, Message, MessageStatus, NewMessage, id_time_ms, now_ms
+from ferry.queue.keys import Keys
+from ferry.queue.message import DeadLetter, Message, MessageStatus, NewMessage, id_time_ms, now_ms
 
 EnqueueOutcome = Literal["queued", "existing", "full", "limited"]
 FSYNC_TIMEOUT_MS = 2000
@@ -106,7 +106,7 @@ def _enqueued(outcome: bytes, detail: bytes | int) -> Enqueued:
 
 
 def _script(redis: Redis, name: str) -> AsyncScript:
-    source = files("ferry").joinpath("lua", f"{name}.lua").read_text()
+    source = files("ferry.queue").joinpath("lua", f"{name}.lua").read_text()
     return redis.register_script(source)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from ferry.embedded import EmbeddedValkey, start_or_share
+from ferry.processes.embedded import EmbeddedValkey, start_or_share
 from tests.support.inspect import enqueue, queue_length
 from tests.support.processes import FerryProcess, Sink, wait_until
 

