@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 
-from ferry.settings import SettingsError, load_settings
+from ferry.settings import Settings, SettingsError, env_name, environment, load_settings, shown_default
 
 
 @pytest.fixture(autouse=True)
@@ -74,3 +77,36 @@ def test_client_certificate_needs_its_key(isolated: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("MAIN_SERVER_CERT_FILE", str(isolated / "client.pem"))
     with pytest.raises(SettingsError, match="MAIN_SERVER_CERT_FILE and MAIN_SERVER_KEY_FILE go together"):
         load_settings()
+
+
+def _helps(command: Any) -> list[str]:
+    """Every option help of a (click) command and its subcommands."""
+    found = [getattr(param, "help", None) or "" for param in command.params]
+    for sub in getattr(command, "commands", {}).values():
+        found += _helps(sub)
+    return found
+
+
+def test_every_flag_help_names_its_variable_and_the_models_default() -> None:
+    """A `[env NAME, default]` in --help is made from the settings model, so it cannot drift."""
+    from ferry.cli import app
+
+    by_variable = {env_name(name): shown_default(name) for name in Settings.model_fields}
+    mentions = [
+        match.groups()
+        for help_text in _helps(typer.main.get_command(app))
+        for match in re.finditer(r"\[env (\w+)(?:, ([^\]]+))?\]", help_text)
+    ]
+    assert len(mentions) >= 15  # worker, proxy, workers start, up and sink all say where a value comes from
+    for variable, default in mentions:
+        assert variable in by_variable, f"--help names {variable}, which is no setting"
+        assert (default or "") == by_variable[variable], f"--help says {variable} defaults to {default!r}"
+
+
+def test_child_processes_load_the_settings_their_parent_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
+    parent = load_settings(worker_concurrency=9, durability="strict", health_metrics_need_key=True)
+    for variable, value in environment(parent, "redis://127.0.0.1:1").items():
+        monkeypatch.setenv(variable, value)
+    child = load_settings()
+    assert child.model_dump(exclude={"worker_id", "redis_url"}) == parent.model_dump(exclude={"worker_id", "redis_url"})
+    assert child.redis_url == "redis://127.0.0.1:1"

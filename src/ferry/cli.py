@@ -8,7 +8,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from ferry.settings import Settings, SettingsError, load_settings
+from ferry.settings import Settings, SettingsError, flag_help, load_settings
 
 app = typer.Typer(
     name="ferry",
@@ -45,22 +45,44 @@ def _settings(**flags: Any) -> Settings:
         _fail(str(error))
 
 
+def _delivering_settings(who: str, **flags: Any) -> Settings:
+    """Settings for a command that delivers: MAIN_SERVER_URL is required."""
+    settings = _settings(**flags)
+    if settings.main_server_url is None:
+        _fail(f"invalid setting MAIN_SERVER_URL: required by {who} (where to deliver)")
+    return settings
+
+
+def _level(log_level: str | None) -> str | None:
+    return log_level.upper() if log_level else None
+
+
+# Flags that set a setting: their help comes from the settings model, default included.
+Concurrency = Annotated[int | None, typer.Option(help=flag_help("worker_concurrency"))]
+RetryInterval = Annotated[float | None, typer.Option(help=flag_help("worker_retry_interval"))]
+MaxAttempts = Annotated[int | None, typer.Option(help=flag_help("worker_max_attempts"))]
+MainServerUrl = Annotated[str | None, typer.Option(help=flag_help("main_server_url"))]
+RedisUrl = Annotated[str | None, typer.Option(help=flag_help("redis_url"))]
+LogLevel = Annotated[str | None, typer.Option(help=flag_help("log_level"))]
+
+
 @app.command()
 def worker(
-    concurrency: Annotated[int | None, typer.Option(help="Concurrent deliveries [env WORKER_CONCURRENCY, 4].")] = None,
-    retry_interval: Annotated[float | None, typer.Option(help="Seconds between attempts [env WORKER_RETRY_INTERVAL, 30].")] = None,
-    max_attempts: Annotated[int | None, typer.Option(help="Attempts before dead-lettering [env WORKER_MAX_ATTEMPTS, 10000].")] = None,
-    worker_id: Annotated[str | None, typer.Option(help="This worker's name [env WORKER_ID, host-pid].")] = None,
-    metrics_port: Annotated[int | None, typer.Option(help="Port of /metrics, 0 for none [env WORKER_METRICS_PORT, 9100].")] = None,
-    main_server_url: Annotated[str | None, typer.Option(help="Where to deliver [env MAIN_SERVER_URL].")] = None,
-    redis_url: Annotated[str | None, typer.Option(help="Redis URL [env REDIS_URL; unset: embedded Valkey].")] = None,
-    log_level: Annotated[str | None, typer.Option(help="Log level [env LOG_LEVEL, INFO].")] = None,
+    concurrency: Concurrency = None,
+    retry_interval: RetryInterval = None,
+    max_attempts: MaxAttempts = None,
+    worker_id: Annotated[str | None, typer.Option(help=flag_help("worker_id"))] = None,
+    metrics_port: Annotated[int | None, typer.Option(help=flag_help("worker_metrics_port"))] = None,
+    main_server_url: MainServerUrl = None,
+    redis_url: RedisUrl = None,
+    log_level: LogLevel = None,
 ) -> None:
     """One worker process: take messages off the queue and deliver them to the main server."""
     _exit_quietly_on_early_sigterm()
     from ferry.worker.worker import run_worker
 
-    settings = _settings(
+    settings = _delivering_settings(
+        "the worker",
         worker_concurrency=concurrency,
         worker_retry_interval=retry_interval,
         worker_max_attempts=max_attempts,
@@ -68,24 +90,22 @@ def worker(
         worker_metrics_port=metrics_port,
         main_server_url=main_server_url,
         redis_url=redis_url,
-        log_level=log_level.upper() if log_level else None,
+        log_level=_level(log_level),
     )
-    if settings.main_server_url is None:
-        _fail("invalid setting MAIN_SERVER_URL: required by the worker (where to deliver)")
     raise typer.Exit(run_worker(settings))
 
 
 @app.command()
 def proxy(
-    host: Annotated[str | None, typer.Option(help="Address to listen on [env FERRY_PROXY_HOST, 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [env PROXY_PORT, 8001].")] = None,
-    workers: Annotated[int | None, typer.Option(help="Processes [env FERRY_PROXY_WORKERS, 1].")] = None,
-    certfile: Annotated[Path | None, typer.Option(help="TLS certificate [env PROXY_CERTFILE].")] = None,
-    keyfile: Annotated[Path | None, typer.Option(help="TLS private key [env PROXY_KEYFILE].")] = None,
-    client_ca: Annotated[Path | None, typer.Option(help="Require client certificates of this CA [env FERRY_PROXY_CLIENT_CA_FILE].")] = None,
+    host: Annotated[str | None, typer.Option(help=flag_help("proxy_host"))] = None,
+    port: Annotated[int | None, typer.Option(help=flag_help("proxy_port"))] = None,
+    workers: Annotated[int | None, typer.Option(help=flag_help("proxy_workers"))] = None,
+    certfile: Annotated[Path | None, typer.Option(help=flag_help("proxy_certfile"))] = None,
+    keyfile: Annotated[Path | None, typer.Option(help=flag_help("proxy_keyfile"))] = None,
+    client_ca: Annotated[Path | None, typer.Option(help=flag_help("proxy_client_ca_file"))] = None,
     insecure: Annotated[bool, typer.Option(help="Allow plain HTTP on a non-loopback address.")] = False,
-    redis_url: Annotated[str | None, typer.Option(help="Redis URL [env REDIS_URL; unset: embedded Valkey].")] = None,
-    log_level: Annotated[str | None, typer.Option(help="Log level [env LOG_LEVEL, INFO].")] = None,
+    redis_url: RedisUrl = None,
+    log_level: LogLevel = None,
 ) -> None:
     """The HTTPS proxy: clients POST messages, it answers 202 once each is stored in Redis."""
     from ferry.proxy.server import ProxyRefused, run_proxy
@@ -98,7 +118,7 @@ def proxy(
         proxy_keyfile=keyfile,
         proxy_client_ca_file=client_ca,
         redis_url=redis_url,
-        log_level=log_level.upper() if log_level else None,
+        log_level=_level(log_level),
     )
     try:
         run_proxy(settings, insecure=insecure)
@@ -112,12 +132,12 @@ def up(
     proxy_workers: Annotated[int, typer.Option(min=1, help="Proxy processes.")] = 1,
     sink_port: Annotated[int, typer.Option(help="Port of the reference main server (when MAIN_SERVER_URL is unset).")] = 8080,
     base_metrics_port: Annotated[int, typer.Option(help="Metrics port of worker-1; worker-N gets base+N-1.")] = 9100,
-    log_level: Annotated[str | None, typer.Option(help="Log level [env LOG_LEVEL, INFO].")] = None,
+    log_level: LogLevel = None,
 ) -> None:
     """The whole stack on this machine: Valkey, TLS, the main server, the proxy and workers."""
     from ferry.processes.stack import StackRefused, UpOptions, run_stack
 
-    settings = _settings(log_level=log_level.upper() if log_level else None)
+    settings = _settings(log_level=_level(log_level))
     try:
         code = run_stack(settings, UpOptions(workers, proxy_workers, sink_port, base_metrics_port))
     except StackRefused as error:
@@ -132,11 +152,11 @@ app.add_typer(workers_app, name="workers")
 @workers_app.command("start")
 def workers_start(
     num_workers: Annotated[int, typer.Option(min=0, help="Worker processes (ids worker-1..N).")] = 3,
-    concurrency: Annotated[int | None, typer.Option(help="Concurrent deliveries per worker [4].")] = None,
-    retry_interval: Annotated[float | None, typer.Option(help="Seconds between attempts [30].")] = None,
-    max_attempts: Annotated[int | None, typer.Option(help="Attempts before dead-lettering [10000].")] = None,
+    concurrency: Concurrency = None,
+    retry_interval: RetryInterval = None,
+    max_attempts: MaxAttempts = None,
     base_metrics_port: Annotated[int, typer.Option(help="Metrics port of worker-1; worker-N gets base+N-1.")] = 9100,
-    log_level: Annotated[str | None, typer.Option(help="Log level [INFO].")] = None,
+    log_level: LogLevel = None,
     autoscale: Annotated[bool, typer.Option(help="Scale on queue size and growth.")] = False,
     min_workers: Annotated[int, typer.Option(min=0, help="Autoscaling floor.")] = 1,
     max_workers: Annotated[int, typer.Option(min=1, help="Autoscaling ceiling.")] = 10,
@@ -145,23 +165,22 @@ def workers_start(
     scale_cooldown: Annotated[float, typer.Option(help="Seconds between two scaling steps.")] = 30.0,
     autoscale_interval: Annotated[float, typer.Option(help="Seconds between looks at the queue.")] = 5.0,
     metrics_port: Annotated[int, typer.Option(help="The supervisor's own /metrics (0: off).")] = 0,
-    main_server_url: Annotated[str | None, typer.Option(help="Where to deliver [env MAIN_SERVER_URL].")] = None,
-    redis_url: Annotated[str | None, typer.Option(help="Redis URL [env REDIS_URL; unset: embedded Valkey].")] = None,
+    main_server_url: MainServerUrl = None,
+    redis_url: RedisUrl = None,
 ) -> None:
     """Start N workers, restart crashed ones, scale with SIGTTIN/SIGTTOU or --autoscale; SIGTERM drains all."""
     from ferry.processes.autoscaler import AutoscalePolicy
     from ferry.processes.worker_pool import run_workers
 
-    settings = _settings(
+    settings = _delivering_settings(
+        "the workers",
         worker_concurrency=concurrency,
         worker_retry_interval=retry_interval,
         worker_max_attempts=max_attempts,
-        log_level=log_level.upper() if log_level else None,
+        log_level=_level(log_level),
         main_server_url=main_server_url,
         redis_url=redis_url,
     )
-    if settings.main_server_url is None:
-        _fail("invalid setting MAIN_SERVER_URL: required by the workers (where to deliver)")
     if autoscale and min_workers > max_workers:
         _fail("--min-workers must not exceed --max-workers")
     policy = (
@@ -191,12 +210,12 @@ def sink(
     status: Annotated[int, typer.Option(min=200, max=599, help="Status of a failed delivery.")] = 503,
     latency_ms: Annotated[float, typer.Option(min=0.0, help="Delay before each answer.")] = 0.0,
     retry_after: Annotated[float | None, typer.Option(help="Retry-After (s) sent with failures.")] = None,
-    log_level: Annotated[str | None, typer.Option(help="Log level [env LOG_LEVEL, INFO].")] = None,
+    log_level: LogLevel = None,
 ) -> None:
     """The reference main server: stores each delivery once by X-Message-Id, with fault injection."""
     from ferry.sink import SinkConfig, run
 
-    settings = _settings(log_level=log_level.upper() if log_level else None)
+    settings = _settings(log_level=_level(log_level))
     if (certfile is None) != (keyfile is None):
         _fail("--certfile and --keyfile go together")
     if client_ca is not None and certfile is None:
@@ -269,13 +288,12 @@ def dead_list(
     redis_url: AdminRedisUrl = None,
 ) -> None:
     """The dead letters, the most recently dead first: id, attempts, age, last error."""
-    import json
-
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     from ferry.processes.redis_url import NoRedis, run_on_queue
+    from ferry.proxy.schemas import DeadLetterPage
     from ferry.queue import Queue
     from ferry.queue.message import DeadLetter
 
@@ -288,9 +306,7 @@ def dead_list(
     except NoRedis as error:
         _fail(str(error))
     if as_json:
-        page = [letter.as_json() for letter in letters]
-        answer = {"dead_letters": page, "total": total, "limit": limit, "offset": offset}
-        typer.echo(json.dumps(answer, indent=2))
+        typer.echo(DeadLetterPage.of(letters, total, limit, offset).model_dump_json(indent=2))
         return
     if not letters:
         typer.echo("no dead letters" if total == 0 else f"no dead letters past {offset} (of {total})")

@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ferry.validation import first_problem
+
 CONFIG_FILE_ENV = "FERRY_CONFIG"
 DEFAULT_CONFIG_FILE = "ferry.toml"
 
@@ -250,6 +252,23 @@ def env_name(field_name: str) -> str:
     return field_name.upper()
 
 
+def environment(settings: Settings, redis_url: str) -> dict[str, str]:
+    """The resolved settings as environment variables, by their public names.
+
+    The one way every child process of ferry (workers, the proxy's processes)
+    learns what its parent decided: it loads its settings as any ferry command
+    does. `redis_url` is the one resolved (the embedded server's, if unset);
+    `WORKER_ID` is each child's own and never passed on.
+    """
+    values = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is not None and name != "worker_id":
+            values[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+    values["REDIS_URL"] = redis_url
+    return values
+
+
 def load_settings(**flags: Any) -> Settings:
     """Settings from flags (None means not given), the environment and ferry.toml."""
     given = {env_name(name): value for name, value in flags.items() if value is not None}
@@ -260,30 +279,39 @@ def load_settings(**flags: Any) -> Settings:
 
 
 def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    location = first["loc"][0] if first["loc"] else ""
-    name = env_name(str(location)) if str(location) in Settings.model_fields else str(location)
-    if not location:
-        return f"invalid settings: {first['msg'].removeprefix('Value error, ')}"
-    value = first.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    return f"invalid setting {name}: {first['msg'].removeprefix('Value error, ')}{shown}"
+    problem = first_problem(error)
+    if not problem.location:
+        return f"invalid settings: {problem.message}"
+    field_name = str(problem.location[0])
+    name = env_name(field_name) if field_name in Settings.model_fields else field_name
+    shown = "" if isinstance(problem.value, dict) else f" (got {problem.value!r})"
+    return f"invalid setting {name}: {problem.message}{shown}"
+
+
+def shown_default(field_name: str) -> str:
+    """A setting's default as the README and `--help` show it ("" for none)."""
+    default = Settings.model_fields[field_name].default
+    if field_name == "worker_id":
+        return "host-pid"
+    if default is None or default == "":
+        return ""
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
+
+
+def flag_help(field_name: str) -> str:
+    """A flag's help, from the setting it sets: its meaning, variable and default."""
+    default = shown_default(field_name)
+    where = f"env {env_name(field_name)}" + (f", {default}" if default else "")
+    return f"{Settings.model_fields[field_name].description} [{where}]"
 
 
 def reference_table() -> str:
     """The README's configuration reference, made from this model so it cannot drift."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        default = field.default
-        if name == "worker_id":
-            shown = "host-pid"
-        elif default is None or default == "":
-            shown = ""
-        elif isinstance(default, bool):
-            shown = str(default).lower()
-        elif isinstance(default, float) and default.is_integer():
-            shown = str(int(default))
-        else:
-            shown = str(default)
-        rows.append(f"| `{env_name(name)}` | {shown} | {field.description} |")
+        rows.append(f"| `{env_name(name)}` | {shown_default(name)} | {field.description} |")
     return "\n".join(rows)

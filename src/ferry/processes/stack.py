@@ -23,8 +23,8 @@ from ferry.metrics import SupervisorMetrics
 from ferry.processes.devcerts import ensure_dev_tls
 from ferry.processes.redis_url import resolve_redis_url
 from ferry.processes.supervisor import ChildSpec, Supervisor, child_env, ferry_argv
-from ferry.processes.worker_pool import WORKER_GROUP, WorkerPool, settings_env
-from ferry.settings import Settings
+from ferry.processes.worker_pool import WORKER_GROUP, WorkerPool
+from ferry.settings import Settings, environment
 
 log = get_logger(__name__)
 
@@ -146,7 +146,7 @@ async def serve_stack(settings: Settings, redis_url: str, options: UpOptions) ->
 
     metrics = SupervisorMetrics()
     supervisor = Supervisor(on_restart=lambda name: metrics.restarts.labels(name).inc())
-    env = settings_env(settings, redis_url) | {"FERRY_API_KEYS": key, "FERRY_PROXY_WORKERS": str(options.proxy_workers)}
+    env = environment(settings, redis_url) | {"FERRY_API_KEYS": key, "FERRY_PROXY_WORKERS": str(options.proxy_workers)}
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

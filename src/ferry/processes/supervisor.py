@@ -85,9 +85,6 @@ class Supervisor:
         self.on_restart = on_restart
         self.all_failed = asyncio.Event()
 
-    def running(self, group: str) -> list[str]:
-        return [name for name, child in self.children.items() if child.spec.group == group and child.state is State.RUNNING]
-
     async def add(self, spec: ChildSpec) -> None:
         child = Child(spec)
         self.children[spec.name] = child

@@ -17,22 +17,11 @@ from ferry.processes.redis_url import resolve_redis_url
 from ferry.processes.supervisor import ChildSpec, Supervisor, child_env, ferry_argv
 from ferry.queue import Queue
 from ferry.queue.connection import UNAVAILABLE, connect
-from ferry.settings import Settings, env_name
+from ferry.settings import Settings, environment
 
 log = get_logger(__name__)
 
 WORKER_GROUP = "worker"
-
-
-def settings_env(settings: Settings, redis_url: str) -> dict[str, str]:
-    """The resolved settings as environment variables: a child sees what its parent decided."""
-    values = {}
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if value is not None and name != "worker_id":
-            values[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
-    values["REDIS_URL"] = redis_url
-    return values
 
 
 @dataclass
@@ -53,7 +42,7 @@ class WorkerPool:
         return [self.base_metrics_port + i for i in range(self.size)]
 
     def _spec(self, number: int) -> ChildSpec:
-        env = settings_env(self.settings, self.redis_url)
+        env = environment(self.settings, self.redis_url)
         env |= {"WORKER_ID": f"worker-{number}", "WORKER_METRICS_PORT": str(self.base_metrics_port + number - 1)}
         return ChildSpec(f"worker-{number}", ferry_argv("worker"), child_env(**env), WORKER_GROUP)
 

@@ -17,11 +17,12 @@ from starlette.responses import Response
 
 from ferry.logs import get_logger
 from ferry.proxy.auth import ApiKeys
-from ferry.proxy.errors import STATUS, ErrorBody, ErrorCode, error_response
-from ferry.proxy.ingest import REDIS_RETRY_AFTER_SECONDS, json_response
+from ferry.proxy.errors import ErrorCode, documented, error_response, redis_unavailable
+from ferry.proxy.schemas import DeadLetterPage, model_response
 from ferry.queue import Handled, Queue
 from ferry.queue.connection import UNAVAILABLE
 from ferry.settings import Settings
+from ferry.validation import one_line
 
 log = get_logger(__name__)
 
@@ -30,27 +31,6 @@ MAX_PAGE = 1000
 MAX_IDS = 1000
 MAX_ID_CHARS = 200
 MAX_OFFSET = 1_000_000_000  # keeps offset + limit a valid LRANGE index
-
-
-class DeadLetterOut(BaseModel):
-    """One dead letter; times in ISO 8601, UTC."""
-
-    id: str
-    attempts: int
-    returns: int = Field(description="Times taken back from workers that died delivering it.")
-    last_error: str | None
-    created_at: str | None
-    died_at: str | None
-    age_seconds: float = Field(description="How long it has been dead.")
-
-
-class DeadLetterPage(BaseModel):
-    """A page of the dead-letter list, the most recently dead first."""
-
-    dead_letters: list[DeadLetterOut]
-    total: int = Field(description="Dead letters in all.")
-    limit: int
-    offset: int
 
 
 class DeadLetterSelection(BaseModel):
@@ -95,14 +75,6 @@ async def _refused(request: Request, error: _Refused) -> Response:
     return error.response
 
 
-def _errors(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
-    documented: dict[int | str, dict[str, Any]] = {}
-    for code in codes:  # two codes may share a status: one entry names both
-        entry = documented.setdefault(STATUS[code], {"model": ErrorBody, "description": ""})
-        entry["description"] = " or ".join(filter(None, [entry["description"], code.value]))
-    return documented
-
-
 REFUSALS = (
     ErrorCode.UNAUTHORIZED,
     ErrorCode.FORBIDDEN,
@@ -133,10 +105,7 @@ async def _selection(request: Request) -> DeadLetterSelection:
     try:
         return DeadLetterSelection.model_validate_json(await request.body())
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(["body", *(str(part) for part in first["loc"])])
-        detail = f"{where}: {first['msg'].removeprefix('Value error, ')}"
-        raise _Refused(error_response(ErrorCode.INVALID_REQUEST, detail)) from None
+        raise _Refused(error_response(ErrorCode.INVALID_REQUEST, one_line(error, "body"))) from None
 
 
 def add_admin_routes(app: FastAPI, settings: Settings, queue: Queue, api_keys: ApiKeys) -> None:
@@ -161,7 +130,7 @@ def add_admin_routes(app: FastAPI, settings: Settings, queue: Queue, api_keys: A
         prefix=DEAD_LETTERS,
         tags=["dead letters"],
         dependencies=[Depends(admin_only)],
-        responses=_errors(*REFUSALS),
+        responses=documented(*REFUSALS),
     )
 
     @router.get(
@@ -180,9 +149,8 @@ def add_admin_routes(app: FastAPI, settings: Settings, queue: Queue, api_keys: A
             letters = await queue.dead_letters(limit, offset)
             total = await queue.dead_size()
         except UNAVAILABLE as error:
-            return error_response(ErrorCode.REDIS_UNAVAILABLE, str(error), REDIS_RETRY_AFTER_SECONDS)
-        page = [letter.as_json() for letter in letters]
-        return json_response({"dead_letters": page, "total": total, "limit": limit, "offset": offset}, 200)
+            return redis_unavailable(str(error))
+        return model_response(DeadLetterPage.of(letters, total, limit, offset))
 
     @router.post(
         "/replay",
@@ -197,9 +165,9 @@ def add_admin_routes(app: FastAPI, settings: Settings, queue: Queue, api_keys: A
         try:
             handled = await (queue.replay_all() if selection.all else queue.replay(selection.ids))
         except UNAVAILABLE as error:
-            return error_response(ErrorCode.REDIS_UNAVAILABLE, str(error), REDIS_RETRY_AFTER_SECONDS)
+            return redis_unavailable(str(error))
         _log("dead letters replayed", request, selection, handled)
-        return json_response({"replayed": handled.count, "not_dead": list(handled.not_dead)}, 200)
+        return model_response(Replayed(replayed=handled.count, not_dead=list(handled.not_dead)))
 
     @router.post(
         "/purge",
@@ -214,9 +182,9 @@ def add_admin_routes(app: FastAPI, settings: Settings, queue: Queue, api_keys: A
         try:
             handled = await queue.purge(None if selection.all else selection.ids)
         except UNAVAILABLE as error:
-            return error_response(ErrorCode.REDIS_UNAVAILABLE, str(error), REDIS_RETRY_AFTER_SECONDS)
+            return redis_unavailable(str(error))
         _log("dead letters purged", request, selection, handled)
-        return json_response({"purged": handled.count, "not_dead": list(handled.not_dead)}, 200)
+        return model_response(Purged(purged=handled.count, not_dead=list(handled.not_dead)))
 
     app.include_router(router)
     app.add_exception_handler(_Refused, _refused)  # type: ignore[arg-type]

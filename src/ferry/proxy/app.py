@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,44 +21,34 @@ from ferry.logs import get_logger
 from ferry.metrics import ProxyMetrics
 from ferry.proxy.admin import add_admin_routes
 from ferry.proxy.auth import ApiKeys
-from ferry.proxy.errors import STATUS, ErrorBody, ErrorCode, error_response
+from ferry.proxy.errors import (
+    ErrorBody,
+    ErrorCode,
+    described,
+    documented,
+    error_response,
+    redis_unavailable,
+)
 from ferry.proxy.ingest import (
+    IDEMPOTENCY_KEY_PATTERN,
     Answer,
     BatchAccepted,
     BatchRequest,
     Ingest,
     MessageAccepted,
     header_map,
-    json_response,
 )
+from ferry.proxy.schemas import MessageStatusOut, json_response, model_response
 from ferry.queue import Queue
 from ferry.queue.connection import UNAVAILABLE, connect
-from ferry.queue.message import MessageStatus, Status
 from ferry.settings import Settings
+from ferry.validation import one_line
 
 log = get_logger(__name__)
 
 MESSAGES = "/api/v1/messages"
 BATCH = "/api/v1/messages/batch"
 HEALTH_TIMEOUT_SECONDS = 1.0
-
-
-def status_json(found: MessageStatus) -> dict[str, Any]:
-    """The answer of GET /api/v1/messages/{id}: times in ISO 8601, UTC."""
-
-    def when(ms: int | None) -> str | None:
-        return datetime.fromtimestamp(ms / 1000, UTC).isoformat() if ms else None
-
-    return {
-        "id": found.id,
-        "status": found.status.value,
-        "attempts": found.attempts,
-        "last_error": found.last_error,
-        "created_at": when(found.created_at_ms),
-        "updated_at": when(found.updated_at_ms),
-        "next_attempt_at": when(found.next_attempt_at_ms),
-        "delivered_at": when(found.delivered_at_ms),
-    }
 
 
 FastEndpoint = Callable[[dict[str, str], Receive], Awaitable[Answer]]
@@ -134,7 +123,10 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
     @app.get(
         MESSAGES + "/{message_id}",
         summary="A message's status",
-        responses=_errors(ErrorCode.UNAUTHORIZED, ErrorCode.NOT_FOUND, ErrorCode.REDIS_UNAVAILABLE),
+        response_model=MessageStatusOut,
+        response_description="where the message is",
+        responses=documented(ErrorCode.UNAUTHORIZED, ErrorCode.NOT_FOUND, ErrorCode.REDIS_UNAVAILABLE),
+        openapi_extra={"security": [{"ApiKey": []}]},
     )
     async def message_status(message_id: str, request: Request) -> Response:
         if api_keys.identify(request.headers.get("authorization")) is None:
@@ -142,15 +134,15 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
         try:
             found = await queue.status(message_id)
         except UNAVAILABLE as error:
-            return error_response(ErrorCode.REDIS_UNAVAILABLE, str(error), 1)
+            return redis_unavailable(str(error))
         if found is None:
             return error_response(ErrorCode.NOT_FOUND, "no such message (or its status has expired)")
-        return json_response(status_json(found), 200)
+        return model_response(MessageStatusOut.of(found))
 
     @app.get(
         "/api/v1/health",
         summary="200 when Redis answers, else 503 (for load balancers)",
-        responses=_errors(ErrorCode.UNAUTHORIZED, ErrorCode.REDIS_UNAVAILABLE),
+        responses=documented(ErrorCode.UNAUTHORIZED, ErrorCode.REDIS_UNAVAILABLE),
     )
     async def health(request: Request) -> Response:
         if (refused := guarded(request)) is not None:
@@ -160,13 +152,13 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
                 await queue.ping()
                 size = await queue.size()
         except (*UNAVAILABLE, asyncio.TimeoutError) as error:
-            return error_response(ErrorCode.REDIS_UNAVAILABLE, f"redis does not answer: {error!s}", 1)
+            return redis_unavailable(f"redis does not answer: {error!s}")
         return json_response({"status": "ok", "redis": "up", "queue_size": size}, 200)
 
     @app.get(
         "/metrics",
         summary="Prometheus metrics, summed over every proxy process",
-        responses={200: {"content": {"text/plain": {}}}, **_errors(ErrorCode.UNAUTHORIZED)},
+        responses={200: {"content": {"text/plain": {}}}, **documented(ErrorCode.UNAUTHORIZED)},
     )
     async def prometheus(request: Request) -> Response:
         if (refused := guarded(request)) is not None:
@@ -187,10 +179,6 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
     return Dispatch(fast, RequestMetrics(app, metrics), metrics)
 
 
-def _errors(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
-    return {STATUS[code]: {"model": ErrorBody, "description": code.value} for code in codes}
-
-
 async def _http_error(request: Request, error: HTTPException) -> Response:
     code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(error.status_code)
     if code is None:
@@ -199,14 +187,12 @@ async def _http_error(request: Request, error: HTTPException) -> Response:
 
 
 async def _validation_error(request: Request, error: RequestValidationError) -> Response:
-    first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
-    where = ".".join(str(part) for part in first["loc"])
-    return error_response(ErrorCode.INVALID_REQUEST, f"{where}: {first['msg']}")
+    return error_response(ErrorCode.INVALID_REQUEST, one_line(error))
 
 
 async def _internal_error(request: Request, error: Exception) -> Response:
     log.error("unexpected error", path=request.url.path, exc_info=error)
-    return json_response({"error": "internal_error", "detail": "see the proxy's log"}, 500)
+    return error_response(ErrorCode.INTERNAL_ERROR, "see the proxy's log")
 
 
 class RequestMetrics:
@@ -246,7 +232,6 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
         definition = model.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
         components.update(definition.pop("$defs", {}))
         components[model.__name__] = definition
-    components["MessageStatus"] = _status_schema()
     components["BatchRequest"]["properties"]["messages"]["maxItems"] = settings.max_batch
     security: list[dict[str, list[str]]] = [{"ApiKey": []}]
     schema["components"]["securitySchemes"] = {"ApiKey": {"type": "http", "scheme": "bearer"}}
@@ -255,7 +240,7 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
         return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
 
     def errors(*codes: ErrorCode) -> dict[str, Any]:
-        return {str(STATUS[code]): {"description": code.value, **ref("ErrorBody")} for code in codes}
+        return {str(status): {"description": text, **ref("ErrorBody")} for status, text in described(*codes).items()}
 
     refusals = (
         ErrorCode.UNAUTHORIZED,
@@ -264,6 +249,7 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
         ErrorCode.INVALID_REQUEST,
         ErrorCode.RATE_LIMITED,
         ErrorCode.QUEUE_FULL,
+        ErrorCode.REDIS_UNAVAILABLE,
     )
     schema["paths"][MESSAGES] = {
         "post": {
@@ -279,7 +265,7 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": False,
-                    "schema": {"type": "string", "pattern": "^[\\x20-\\x7e]{1,255}$"},
+                    "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
                 }
             ],
             "requestBody": {
@@ -309,26 +295,5 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
             },
         }
     }
-    status_path = schema["paths"][MESSAGES + "/{message_id}"]["get"]
-    status_path["responses"]["200"] = {"description": "where the message is", **ref("MessageStatus")}
-    status_path["security"] = security
     app.openapi_schema = schema
     return schema
-
-
-def _status_schema() -> dict[str, Any]:
-    timestamp = {"type": ["string", "null"], "format": "date-time"}
-    return {
-        "type": "object",
-        "required": ["id", "status", "attempts"],
-        "properties": {
-            "id": {"type": "string"},
-            "status": {"type": "string", "enum": [status.value for status in Status]},
-            "attempts": {"type": "integer"},
-            "last_error": {"type": ["string", "null"]},
-            "created_at": timestamp,
-            "updated_at": timestamp,
-            "next_attempt_at": timestamp,
-            "delivered_at": timestamp,
-        },
-    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 import orjson
 from pydantic import BaseModel
@@ -21,6 +22,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415: a batch that is not JSON
     INVALID_REQUEST = "invalid_request"  # 422: unreadable batch, bad header
     RATE_LIMITED = "rate_limited"  # 429: over this key's rate
+    INTERNAL_ERROR = "internal_error"  # 500: a bug in ferry (the proxy's log says which)
     QUEUE_FULL = "queue_full"  # 503: past FERRY_MAX_QUEUE_SIZE
     REDIS_UNAVAILABLE = "redis_unavailable"  # 503: not confirmed stored (if Redis died mid-call, it may be)
 
@@ -36,9 +38,14 @@ STATUS = {
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.INVALID_REQUEST: 422,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.QUEUE_FULL: 503,
     ErrorCode.REDIS_UNAVAILABLE: 503,
 }
+
+# How long to tell a client to wait when ferry cannot take its request now.
+REDIS_RETRY_AFTER_SECONDS = 1
+FULL_RETRY_AFTER_SECONDS = 5
 
 
 class ErrorBody(BaseModel):
@@ -65,3 +72,22 @@ def error_response(
         media_type="application/json",
         headers=headers,
     )
+
+
+def redis_unavailable(detail: str) -> Response:
+    """503 with Retry-After: Redis did not answer (every route says so the same way)."""
+    return error_response(ErrorCode.REDIS_UNAVAILABLE, detail, REDIS_RETRY_AFTER_SECONDS)
+
+
+def described(*codes: ErrorCode) -> dict[int, str]:
+    """Each status the codes answer with, and the codes that share it ("forbidden or admin_disabled")."""
+    descriptions: dict[int, str] = {}
+    for code in codes:
+        status = STATUS[code]
+        descriptions[status] = f"{descriptions[status]} or {code.value}" if status in descriptions else code.value
+    return descriptions
+
+
+def documented(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
+    """The error answers of a FastAPI route, for its `responses=`."""
+    return {status: {"model": ErrorBody, "description": text} for status, text in described(*codes).items()}

@@ -11,6 +11,7 @@ was not stored.
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any, Literal
 
 import orjson
@@ -21,19 +22,25 @@ from starlette.types import Receive, Scope, Send
 
 from ferry.metrics import ProxyMetrics
 from ferry.proxy.auth import ApiKeys
-from ferry.proxy.errors import ErrorCode, error_response
+from ferry.proxy.errors import (
+    FULL_RETRY_AFTER_SECONDS,
+    ErrorCode,
+    error_response,
+    redis_unavailable,
+)
 from ferry.queue import Enqueued, Limits, Queue
 from ferry.queue.batching import Coalescer
 from ferry.queue.connection import UNAVAILABLE
 from ferry.queue.message import NewMessage, new_message_id
 from ferry.settings import Settings
+from ferry.validation import one_line
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-MAX_IDEMPOTENCY_KEY_CHARS = 255
+# The one rule for an Idempotency-Key, on both routes and in the OpenAPI document:
+# 1 to 255 printable ASCII characters (a header value that every client can send).
+IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,255}$"
+IDEMPOTENCY_KEY_RULE = "1 to 255 printable ASCII characters"
 BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
-# How long to tell a client to wait when ferry cannot take its message now.
-REDIS_RETRY_AFTER_SECONDS = 1
-FULL_RETRY_AFTER_SECONDS = 5
 
 
 class MessageAccepted(BaseModel):
@@ -60,7 +67,7 @@ class BatchItem(BaseModel):
         None, pattern=r"^[\x20-\x7e]{1,255}$", description="Default: by the body's kind."
     )
     idempotency_key: str = Field(  # type: ignore[assignment]
-        None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS
+        None, pattern=IDEMPOTENCY_KEY_PATTERN, description=IDEMPOTENCY_KEY_RULE
     )
 
     @model_validator(mode="after")
@@ -126,12 +133,7 @@ async def read_body(headers: dict[str, str], receive: Receive, limit_bytes: int)
     return b"".join(chunks)
 
 
-def valid_idempotency_key(value: str) -> bool:
-    return 0 < len(value) <= MAX_IDEMPOTENCY_KEY_CHARS and value.isascii() and value.isprintable()
-
-
-def json_response(payload: dict[str, Any], status_code: int) -> Response:
-    return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json")
+valid_idempotency_key = re.compile(IDEMPOTENCY_KEY_PATTERN).fullmatch
 
 
 class JsonAnswer:
@@ -189,10 +191,7 @@ class Ingest:
             return error_response(ErrorCode.UNAUTHORIZED, "a valid API key is required")
         idempotency_key = headers.get("idempotency-key")
         if idempotency_key is not None and not valid_idempotency_key(idempotency_key):
-            return error_response(
-                ErrorCode.INVALID_REQUEST,
-                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters",
-            )
+            return error_response(ErrorCode.INVALID_REQUEST, f"Idempotency-Key must be {IDEMPOTENCY_KEY_RULE}")
         try:
             body = await read_body(headers, receive, self.max_body_bytes)
         except BodyTooLarge:
@@ -241,7 +240,7 @@ class Ingest:
         try:
             messages = self._batch_messages(raw, key_id)
         except (ValidationError, ValueError) as error:
-            return error_response(ErrorCode.INVALID_REQUEST, describe(error))
+            return error_response(ErrorCode.INVALID_REQUEST, one_line(error))
         try:
             results = await self._store(messages, all_or_nothing=True)
         except UNAVAILABLE as error:
@@ -280,16 +279,6 @@ def refusal(result: Enqueued) -> Response:
 
 
 def unavailable(error: BaseException) -> Response:
-    return error_response(
-        ErrorCode.REDIS_UNAVAILABLE,
-        f"Redis did not confirm the message; send it again (with an Idempotency-Key, safely): {error}",
-        REDIS_RETRY_AFTER_SECONDS,
+    return redis_unavailable(
+        f"Redis did not confirm the message; send it again (with an Idempotency-Key, safely): {error}"
     )
-
-
-def describe(error: ValidationError | ValueError) -> str:
-    if isinstance(error, ValidationError):
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        return f"{where}: {first['msg'].removeprefix('Value error, ')}" if where else first["msg"]
-    return str(error)

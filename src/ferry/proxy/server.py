@@ -22,13 +22,10 @@ from ferry.queue.connection import (
     check_strict_durability,
     connect,
 )
-from ferry.settings import Settings
+from ferry.settings import Settings, environment, load_settings
 
 log = get_logger(__name__)
 
-# How the parent hands its resolved settings to uvicorn's worker processes.
-SETTINGS_ENV = "FERRY_INTERNAL_PROXY_SETTINGS"
-REDIS_URL_ENV = "FERRY_INTERNAL_PROXY_REDIS_URL"
 
 
 class ProxyRefused(Exception):
@@ -36,12 +33,13 @@ class ProxyRefused(Exception):
 
 
 def app_from_environment() -> ASGIApp:
-    """The app in each uvicorn process, from the settings its parent resolved."""
+    """The app in each uvicorn process, from the settings its parent resolved (`environment`)."""
     from ferry.proxy.app import create_app
 
-    settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
+    settings = load_settings()
+    assert settings.redis_url is not None, "the parent passes the resolved REDIS_URL"
     configure(settings.log_level)
-    return create_app(settings, os.environ[REDIS_URL_ENV])
+    return create_app(settings, settings.redis_url)
 
 
 def is_loopback(host: str) -> bool:
@@ -93,13 +91,7 @@ def run_proxy(settings: Settings, insecure: bool = False) -> None:
     metrics_dir = tempfile.mkdtemp(prefix="ferry-proxy-metrics-")
     try:
         asyncio.run(check_redis(settings, redis_url))
-        os.environ.update(
-            {
-                "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
-                SETTINGS_ENV: settings.model_dump_json(),
-                REDIS_URL_ENV: redis_url,
-            }
-        )
+        os.environ.update(environment(settings, redis_url) | {"PROMETHEUS_MULTIPROC_DIR": metrics_dir})
         config = ProxyConfig(
             "ferry.proxy.server:app_from_environment",
             factory=True,

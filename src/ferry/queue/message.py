@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
 
 import uuid_utils
 
@@ -111,20 +109,3 @@ class DeadLetter:
         if not self.died_at_ms:
             return 0.0
         return max(0.0, ((now_ms() if now is None else now) - self.died_at_ms) / 1000)
-
-    def as_json(self) -> dict[str, Any]:
-        """The same answer for `ferry dead list --json` and the admin API; times in ISO 8601, UTC."""
-        return {
-            "id": self.id,
-            "attempts": self.attempts,
-            "returns": self.returns,
-            "last_error": self.last_error,
-            "created_at": iso_time(self.created_at_ms),
-            "died_at": iso_time(self.died_at_ms),
-            "age_seconds": round(self.age_seconds(), 3),
-        }
-
-
-def iso_time(ms: int | None) -> str | None:
-    """A Unix time in ms as ISO 8601 in UTC; None for a time never set."""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat() if ms else None
