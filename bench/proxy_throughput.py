@@ -54,7 +54,7 @@ from tests.support.servers import RedisProcess, free_port  # noqa: E402
 
 API_KEY = "bench-key"
 PAYLOAD = {"payload": "x" * 485}
-BODY = json.dumps(PAYLOAD, separators=(", ", ": ")).encode()  # 500 bytes, as in DESIGN.md
+BODY = json.dumps(PAYLOAD, separators=(", ", ": ")).encode()  # 500 bytes (docs/architecture.md)
 BATCH_SIZE = 100
 BATCH_BODY = json.dumps({"messages": [{"json": PAYLOAD}] * BATCH_SIZE}).encode()
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -2,7 +2,7 @@
 
 For each client, with 64 concurrent asyncio tasks on uvloop:
 
-- `lpush`:     one LPUSH of a 500-byte body per call (DESIGN.md's ~6,200/s baseline);
+- `lpush`:     one LPUSH of a 500-byte body per call (docs/architecture.md: ~6,200/s);
 - `enqueue`:   ferry's own `Queue.enqueue` with one message per call: one EVALSHA of
                `enqueue.lua`, its ARGV built (and its reply parsed) by ferry's code;
 - `coalesced`: the same, the 64 tasks going through ferry's `Coalescer`, so one call
@@ -46,7 +46,7 @@ from ferry.queue.batching import Coalescer  # noqa: E402
 from ferry.queue.message import NewMessage, new_message_id  # noqa: E402
 from tests.support.servers import RedisProcess  # noqa: E402
 
-BODY = b'{"payload": "' + b"x" * 485 + b'"}'  # 500 bytes, as in DESIGN.md's figures
+BODY = b'{"payload": "' + b"x" * 485 + b'"}'  # 500 bytes (docs/architecture.md)
 BINARY_BODY = bytes(range(256)) * 2  # not UTF-8: bodies must pass through untouched
 LPUSH_KEY = "bench:lpush"
 CASES = ("lpush", "enqueue", "coalesced")

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from tests.support.inspect import enqueue  # noqa: E402
 from tests.support.servers import RedisProcess, free_port  # noqa: E402
 
-BODY = b'{"payload": "' + b"x" * 485 + b'"}'  # 500 bytes, as in DESIGN.md's figures
+BODY = b'{"payload": "' + b"x" * 485 + b'"}'  # 500 bytes (docs/architecture.md)
 
 
 def ferry(*args: str, env: dict[str, str] | None = None, log: Path) -> subprocess.Popen[bytes]:

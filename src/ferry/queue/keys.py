@@ -3,6 +3,7 @@
 `message_queue` keeps the guide's name so `LLEN message_queue` stays the backlog.
 Every other key carries the `{message_queue}` hash tag: all of them live in one
 Redis Cluster slot, so each multi-key Lua script stays legal on a cluster.
+docs/storage.md describes each key's type, contents, TTL and writers.
 """
 
 from __future__ import annotations

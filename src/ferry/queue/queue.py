@@ -3,7 +3,8 @@
 A message id is in exactly one place at a time: the queue, one worker's in-flight
 list, the retry schedule or the dead-letter list. Every move between places is
 one Lua script (in ``lua/``), so a crash between two commands cannot lose or
-copy a message. See DESIGN.md, "Reliable queue".
+copy a message. docs/storage.md describes the keys, the message hash's fields,
+the status words and which script moves an id where.
 """
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+-- Storage layout: docs/storage.md
 -- ack: the main server took these messages. Drop each from the in-flight list,
 -- record the success, free the body and let the status expire, in one step.
 -- KEYS[1] in-flight list

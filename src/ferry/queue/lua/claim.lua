@@ -1,3 +1,4 @@
+-- Storage layout: docs/storage.md
 -- claim: move up to `limit` ids from the queue into this worker's in-flight list
 -- and load what delivering them needs, in one round trip. An id the worker
 -- already moved with BLMOVE (its wait on an empty queue) comes first.

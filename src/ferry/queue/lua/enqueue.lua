@@ -1,3 +1,4 @@
+-- Storage layout: docs/storage.md
 -- enqueue: for each message, check its idempotency key, the queue's cap and its
 -- API key's rate; then store its hash and push its id. One atomic step, so a
 -- message is either wholly queued or not at all, and checks cannot race.

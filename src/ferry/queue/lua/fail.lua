@@ -1,3 +1,4 @@
+-- Storage layout: docs/storage.md
 -- fail: an attempt failed. Schedule the next one (due time given) or, with no
 -- due time, bury the message in the dead-letter list. Only the worker that still
 -- holds the id may move it: if the reaper took it back meanwhile, the message

@@ -1,3 +1,4 @@
+-- Storage layout: docs/storage.md
 -- promote_due: move retries whose time has come back onto the queue. Atomic, so
 -- every worker may run it at once and each id still moves exactly once.
 -- KEYS[1] retry schedule, KEYS[2] queue

@@ -1,3 +1,4 @@
+-- Storage layout: docs/storage.md
 -- purge: delete dead letters for good. Each leaves the dead-letter list and
 -- loses its message hash (body, status) in one step: no body is left behind
 -- without its entry, and an id that is not dead (replayed meanwhile, or never

@@ -1,3 +1,4 @@
+-- Storage layout: docs/storage.md
 -- reap: give the in-flight messages of every worker whose lease (heartbeat key)
 -- has expired back to the front of the queue. Each return counts against the
 -- message; past `max returns` it is a poison pill that keeps killing workers,
@@ -14,7 +15,8 @@ local returned, buried = 0, 0
 for _, worker in ipairs(redis.call('SMEMBERS', registry)) do
   if redis.call('EXISTS', heartbeat_prefix .. worker) == 0 then
     local in_flight = in_flight_prefix .. worker
-    -- Oldest claim first, so the queue's front keeps the original order.
+    -- The newest claim first, each pushed onto the queue's front: the oldest
+    -- ends up first in line, so the front keeps the original order.
     local id = redis.call('LPOP', in_flight)
     while id do
       local key = prefix .. id

@@ -1,3 +1,4 @@
+-- Storage layout: docs/storage.md
 -- release: give back, to the front of the queue (these were next in line), what
 -- a worker's in-flight list holds beyond the ids the worker says it holds. Not a
 -- death: returns are not counted.

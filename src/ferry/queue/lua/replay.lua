@@ -1,3 +1,4 @@
+-- Storage layout: docs/storage.md
 -- replay: give dead letters a fresh start on the queue: attempts and returns
 -- reset, so the retry policy applies anew. Atomic, so each dead letter is
 -- either still dead or queued once, never both and never twice, even when two
