@@ -1,4 +1,5 @@
-"""ferry's HTTP protocol in process, fed the same bytes cut at many read boundaries.
+"""ferry's HTTP protocol in process, fed the same bytes cut at many read boundaries; and canaries
+for the uvicorn internals it relies on.
 
 Over a socket the kernel and TLS choose where reads end; here the test does, so
 a request's head or body straddling two reads is certain to be tried.
@@ -7,15 +8,20 @@ a request's head or body straddling two reads is certain to be tried.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import ssl
 from typing import Any
 
 import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
+from uvicorn.supervisors import Multiprocess
 
-from ferry.adapters.uvicorn import MAX_HEAD_BYTES, ProxyHttpProtocol
+from ferry.adapters.uvicorn import MAX_HEAD_BYTES, ProxyConfig, ProxyHttpProtocol
+from tests.support.certs import CertFiles
 
 READ_SIZES = [1000, 4096, 8192, 12_000, 16_384, 40_000, 65_536, 131_072]
 
@@ -147,3 +153,27 @@ async def test_a_chunked_body_of_tiny_chunks_is_served() -> None:
     transport = await exchange(head + chunks + b"0\r\n\r\n", 7)
     assert statuses(transport.written) == [202]
     assert json.loads(bytes(transport.written).split(b"\r\n\r\n", 1)[1]) == {"length": 30_000}
+
+
+# Canaries: uvicorn's internals look as ferry.adapters.uvicorn expects.
+
+OVERRIDDEN = ["connection_made", "on_message_begin", "on_headers_complete", "on_body", "data_received", "send_400_response"]
+
+
+@pytest.mark.parametrize("name", OVERRIDDEN)
+def test_uvicorn_still_calls_the_hooks_ferry_overrides(name: str) -> None:
+    theirs = getattr(HttpToolsProtocol, name)
+    ours = getattr(ProxyHttpProtocol, name)
+    assert ours is not theirs, f"ProxyHttpProtocol no longer overrides {name}"
+    assert list(inspect.signature(ours).parameters) == list(inspect.signature(theirs).parameters)
+
+
+def test_uvicorn_multiprocess_takes_a_config_and_its_sockets() -> None:
+    assert list(inspect.signature(Multiprocess.__init__).parameters) == ["self", "config", "sockets"]
+
+
+def test_the_config_it_loads_speaks_tls_1_2_at_least(certs: CertFiles) -> None:
+    config = ProxyConfig(echo_length, ssl_certfile=str(certs.server_cert), ssl_keyfile=str(certs.server_key), http=ProxyHttpProtocol)
+    config.load()
+    assert config.ssl is not None and config.ssl.minimum_version is ssl.TLSVersion.TLSv1_2
+    assert config.http_protocol_class is ProxyHttpProtocol

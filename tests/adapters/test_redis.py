@@ -1,0 +1,58 @@
+"""Canary: redis-py still packs commands through `pack_command`, and hiredis packs them as it does.
+
+If a redis-py release renames the hook or stops calling it, or hiredis packs a value
+differently, these fail: ferry would otherwise silently lose the speed-up, or send
+wrong bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.connection import HiredisRespSerializer, PythonRespSerializer
+
+from ferry.adapters.redis import HiredisPacking, hiredis_packed
+from ferry.queue.connection import connect
+
+ARGUMENTS: list[tuple[Any, ...]] = [
+    ("SET", "key", "value"),
+    ("EVALSHA", "0" * 40, 2, "a", "b", b"\r\n\x00\xff", "", 0, -1, 2**62, 1.5, "ünïcödé"),
+    ("HSET", b"k" * 100_000, 0.1, 1e-7, 12345.678, bytes(range(256))),
+]  # what ferry sends: str, bytes, int, float (hiredis takes no memoryview; ferry sends none)
+
+
+@pytest.mark.parametrize("args", ARGUMENTS)
+def test_hiredis_packs_every_value_as_redis_py_does(args: tuple[Any, ...]) -> None:
+    python = PythonRespSerializer(buffer_cutoff=6000, encode=Connection().encoder.encode)
+    assert b"".join(HiredisRespSerializer().pack(*args)) == b"".join(python.pack(*args))
+
+
+@pytest.mark.parametrize("base", [Connection, SSLConnection, UnixDomainSocketConnection])
+def test_every_connection_class_has_a_hiredis_twin(base: type[Connection]) -> None:
+    twin = hiredis_packed(base)
+    assert issubclass(twin, base) and issubclass(twin, HiredisPacking)
+    assert twin.pack_command is HiredisPacking.pack_command
+
+
+async def test_redis_py_sends_commands_through_the_packing_hook(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packed: list[tuple[Any, ...]] = []
+    original = HiredisPacking.pack_command
+
+    def counting(self: HiredisPacking, *args: Any) -> list[bytes]:
+        packed.append(args)
+        return original(self, *args)
+
+    monkeypatch.setattr(HiredisPacking, "pack_command", counting)
+    redis = connect(redis_url)
+    try:
+        assert type(redis.connection_pool.connection_class) is type
+        assert issubclass(redis.connection_pool.connection_class, HiredisPacking)
+        await redis.set("canary", b"\r\nvalue")
+        assert await redis.get("canary") == b"\r\nvalue"
+    finally:
+        await redis.aclose()
+    assert ("SET", "canary", b"\r\nvalue") in packed
