@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ferry.queue import Queue
-from ferry.queue.queue import DEAD_LETTER_CHUNK
+from ferry.queue.queue import SCRIPT_CHUNK
 from ferry.queue.connection import connect
 from ferry.queue.message import NewMessage, Status, new_message_id
 from tests.support.inspect import client, dead_ids, enqueue, queue_length, status, with_queue
@@ -40,10 +40,10 @@ async def bury(queue: Queue, count: int, error: str = "HTTP 422: refused") -> li
     sent = [NewMessage(new_message_id(), b'{"n": %d}' % n, "application/json") for n in range(count)]
     for start in range(0, count, 500):
         await queue.enqueue(sent[start : start + 500])
-    await queue.heartbeat("w1", "test", 30)
-    claimed = await queue.claim("w1", count)
+    await queue.heartbeat("w1", "test", 30, take=True)
+    claimed = await queue.claim("w1", count, holder="test")
     for message in claimed:
-        assert await queue.bury("w1", message.id, error)
+        assert await queue.bury("w1", message.id, error, holder="test")
     return [message.id for message in claimed]
 
 
@@ -85,14 +85,14 @@ async def test_replay_names_the_ids_that_were_not_dead_letters_and_moves_nothing
 
 
 async def test_replay_all_goes_in_chunks_and_queues_the_longest_dead_first(queue: Queue) -> None:
-    ids = await bury(queue, DEAD_LETTER_CHUNK * 2 + 5)
+    ids = await bury(queue, SCRIPT_CHUNK * 2 + 5)
 
     handled = await queue.replay_all()
     assert handled.count == len(ids) and handled.not_dead == ()
     assert await queue.dead_size() == 0
     # Workers take from the right: the first to die is the first out again.
     assert [raw.decode() for raw in await queue.redis.lrange(queue.keys.queue, 0, -1)] == ids[::-1]
-    again = await queue.claim("w1", 1)
+    again = await queue.claim("w1", 1, holder="test")
     assert again[0].id == ids[0] and again[0].attempt == 1
 
 
@@ -109,7 +109,7 @@ async def test_purge_deletes_dead_letters_with_their_bodies_and_nothing_else(que
 
 
 async def test_purge_of_all_empties_the_list_in_chunks_and_frees_every_body(queue: Queue) -> None:
-    ids = await bury(queue, DEAD_LETTER_CHUNK + 7)
+    ids = await bury(queue, SCRIPT_CHUNK + 7)
     handled = await queue.purge()
     assert handled.count == len(ids)
     assert await queue.dead_size() == 0

@@ -16,8 +16,11 @@ from ferry.queue.message import NewMessage, Status, new_message_id, now_ms
 
 @pytest.fixture
 async def queue(redis_url: str) -> AsyncIterator[Queue]:
+    """A queue on a clean server, where worker "w1" holds its lease as holder "test"."""
     client = connect(redis_url)
-    yield Queue(client)
+    queue = Queue(client)
+    await queue.heartbeat("w1", "test", 30, take=True)
+    yield queue
     await client.aclose()
 
 
@@ -32,12 +35,14 @@ async def places(queue: Queue, message_id: str) -> list[str]:
     found = []
     if message_id.encode() in await redis.lrange(keys.queue, 0, -1):
         found.append("queue")
-    for worker in await redis.smembers(keys.workers):
-        if message_id.encode() in await redis.lrange(keys.in_flight(worker.decode()), 0, -1):
-            found.append(f"in-flight:{worker.decode()}")
+    # Every in-flight list, the registry's or not: an id in the list of a worker nobody
+    # will reap is stranded, and must show here.
+    async for key in redis.scan_iter(match=keys.in_flight_prefix + "*", _type="list"):
+        if message_id.encode() in await redis.lrange(key, 0, -1):
+            found.append("in-flight:" + key.decode().removeprefix(keys.in_flight_prefix))
     if await redis.zscore(keys.retry, message_id) is not None:
         found.append("retry")
-    if message_id.encode() in await redis.lrange(keys.dead, 0, -1):
+    if message_id.encode() in await redis.zrange(keys.dead, 0, -1):
         found.append("dead")
     return found
 
@@ -49,8 +54,8 @@ async def test_enqueue_then_claim_returns_body_and_first_attempt(queue: Queue) -
     assert result.outcome == "queued"
     assert await queue.size() == 1  # LLEN message_queue is the backlog, as the guide reads it
 
-    await queue.heartbeat("w1", "test", 30)
-    [claimed] = await queue.claim("w1", 10)
+    await queue.heartbeat("w1", "test", 30, take=True)
+    [claimed] = await queue.claim("w1", 10, holder="test")
     assert (claimed.id, claimed.body, claimed.content_type, claimed.attempt) == (
         sent.id, body, "application/octet-stream", 1,
     )
@@ -62,16 +67,16 @@ async def test_enqueue_then_claim_returns_body_and_first_attempt(queue: Queue) -
 async def test_claim_is_first_in_first_out_and_bounded_by_limit(queue: Queue) -> None:
     sent = messages(5)
     await queue.enqueue(sent)
-    await queue.heartbeat("w1", "test", 30)
-    first = await queue.claim("w1", 3)
-    second = await queue.claim("w1", 3)
+    await queue.heartbeat("w1", "test", 30, take=True)
+    first = await queue.claim("w1", 3, holder="test")
+    second = await queue.claim("w1", 3, holder="test")
     assert [m.id for m in first + second] == [m.id for m in sent]
     assert len(first) == 3
 
 
 async def test_blocking_claim_wakes_when_a_message_arrives(queue: Queue) -> None:
-    await queue.heartbeat("w1", "test", 30)
-    waiting = asyncio.create_task(queue.claim("w1", 4, block_seconds=5))
+    await queue.heartbeat("w1", "test", 30, take=True)
+    waiting = asyncio.create_task(queue.claim("w1", 4, holder="test", block_seconds=5))
     await asyncio.sleep(0.2)
     [sent] = messages(1)
     await queue.enqueue([sent])
@@ -83,8 +88,8 @@ async def test_blocking_claim_wakes_when_a_message_arrives(queue: Queue) -> None
 async def test_ack_records_delivery_frees_body_and_expires(queue: Queue) -> None:
     [sent] = messages(1)
     await queue.enqueue([sent])
-    await queue.claim("w1", 1)
-    await queue.ack("w1", [sent.id], status_ttl_seconds=100)
+    await queue.claim("w1", 1, holder="test")
+    await queue.ack("w1", [sent.id], status_ttl_seconds=100, holder="test")
     assert await places(queue, sent.id) == []
     status = await queue.status(sent.id)
     assert status is not None
@@ -96,8 +101,8 @@ async def test_ack_records_delivery_frees_body_and_expires(queue: Queue) -> None
 async def test_retry_waits_in_schedule_until_due_then_counts_attempts(queue: Queue) -> None:
     [sent] = messages(1)
     await queue.enqueue([sent])
-    await queue.claim("w1", 1)
-    assert await queue.retry_later("w1", sent.id, now_ms() + 300, "HTTP 503")
+    await queue.claim("w1", 1, holder="test")
+    assert await queue.retry_later("w1", sent.id, now_ms() + 300, "HTTP 503", holder="test")
     assert await places(queue, sent.id) == ["retry"]
     status = await queue.status(sent.id)
     assert status is not None and status.status is Status.RETRYING and status.last_error == "HTTP 503"
@@ -106,17 +111,17 @@ async def test_retry_waits_in_schedule_until_due_then_counts_attempts(queue: Que
     await asyncio.sleep(0.4)
     assert await queue.promote_due() == 1
     assert await places(queue, sent.id) == ["queue"]
-    [again] = await queue.claim("w1", 1)
+    [again] = await queue.claim("w1", 1, holder="test")
     assert again.attempt == 2
 
 
 async def test_promote_due_from_many_workers_at_once_moves_each_id_once(queue: Queue) -> None:
     sent = messages(200)
     await queue.enqueue(sent)
-    await queue.claim("w1", 200)
+    await queue.claim("w1", 200, holder="test")
     due = now_ms() - 1
     for message in sent:
-        await queue.retry_later("w1", message.id, due, "HTTP 500")
+        await queue.retry_later("w1", message.id, due, "HTTP 500", holder="test")
     moved = await asyncio.gather(*(queue.promote_due(limit=7) for _ in range(60)))
     assert sum(moved) == 200
     assert await queue.size() == 200
@@ -126,24 +131,24 @@ async def test_promote_due_from_many_workers_at_once_moves_each_id_once(queue: Q
 async def test_bury_moves_to_dead_letters_and_replay_resets_attempts(queue: Queue) -> None:
     [sent] = messages(1)
     await queue.enqueue([sent])
-    await queue.claim("w1", 1)
-    assert await queue.bury("w1", sent.id, "HTTP 404")
+    await queue.claim("w1", 1, holder="test")
+    assert await queue.bury("w1", sent.id, "HTTP 404", holder="test")
     assert await places(queue, sent.id) == ["dead"]
     assert [letter.id for letter in await queue.dead_letters()] == [sent.id]
 
     assert (await queue.replay([sent.id])).count == 1
     assert await places(queue, sent.id) == ["queue"]
-    [again] = await queue.claim("w1", 1)
+    [again] = await queue.claim("w1", 1, holder="test")
     assert again.attempt == 1 and again.body == sent.body
 
 
 async def test_reap_returns_in_flight_of_a_worker_whose_lease_expired(queue: Queue) -> None:
     sent = messages(3)
     await queue.enqueue(sent)
-    await queue.heartbeat("dead-worker", "test", 0.2)
-    await queue.heartbeat("live-worker", "test", 30)
-    await queue.claim("dead-worker", 2)
-    await queue.claim("live-worker", 1)
+    await queue.heartbeat("dead-worker", "test", 0.2, take=True)
+    await queue.heartbeat("live-worker", "test", 30, take=True)
+    await queue.claim("dead-worker", 2, holder="test")
+    await queue.claim("live-worker", 1, holder="test")
 
     assert (await queue.reap(max_returns=3)).returned == 0  # lease still running
     await asyncio.sleep(0.3)
@@ -151,18 +156,18 @@ async def test_reap_returns_in_flight_of_a_worker_whose_lease_expired(queue: Que
     assert reaped.returned == 2
     assert [await places(queue, m.id) for m in sent] == [["queue"], ["queue"], ["in-flight:live-worker"]]
     # Returned to the front, oldest first: they are the next to be claimed.
-    assert [m.id for m in await queue.claim("live-worker", 2)] == [sent[0].id, sent[1].id]
+    assert [m.id for m in await queue.claim("live-worker", 2, holder="test")] == [sent[0].id, sent[1].id]
 
 
 async def test_a_worker_the_reaper_took_back_from_cannot_make_a_second_copy(queue: Queue) -> None:
     [sent] = messages(1)
     await queue.enqueue([sent])
-    await queue.heartbeat("slow", "test", 0.1)
-    await queue.claim("slow", 1)
+    await queue.heartbeat("slow", "test", 0.1, take=True)
+    await queue.claim("slow", 1, holder="test")
     await asyncio.sleep(0.2)
     await queue.reap(max_returns=3)
     # The slow worker wakes up, its attempt failed: it no longer holds the id.
-    assert not await queue.retry_later("slow", sent.id, now_ms(), "HTTP 500")
+    assert not await queue.retry_later("slow", sent.id, now_ms(), "HTTP 500", holder="test")
     assert await places(queue, sent.id) == ["queue"]
 
 
@@ -171,8 +176,8 @@ async def test_poison_pill_is_dead_lettered_after_max_returns(queue: Queue) -> N
     await queue.enqueue([sent])
     for death in range(1, 4):
         worker = f"victim-{death}"
-        await queue.heartbeat(worker, "test", 0.05)
-        await queue.claim(worker, 1)
+        await queue.heartbeat(worker, "test", 0.05, take=True)
+        await queue.claim(worker, 1, holder="test")
         await asyncio.sleep(0.1)
         await queue.reap(max_returns=2)
         expected = ["queue"] if death <= 2 else ["dead"]
@@ -184,9 +189,9 @@ async def test_poison_pill_is_dead_lettered_after_max_returns(queue: Queue) -> N
 async def test_release_gives_everything_back_without_counting_a_return(queue: Queue) -> None:
     sent = messages(3)
     await queue.enqueue(sent)
-    await queue.heartbeat("leaving", "test", 30)
-    await queue.claim("leaving", 3)
-    assert await queue.release("leaving") == 3
+    await queue.heartbeat("leaving", "test", 30, take=True)
+    await queue.claim("leaving", 3, holder="test")
+    assert await queue.release("leaving", holder="test") == 3
     assert [await places(queue, m.id) for m in sent] == [["queue"]] * 3
     assert await queue.redis.sismember(queue.keys.workers, "leaving") == 0
     assert await queue.lease_holder("leaving") is None
@@ -197,12 +202,13 @@ async def test_release_gives_everything_back_without_counting_a_return(queue: Qu
 async def test_delivered_copy_handed_back_late_is_not_delivered_again(queue: Queue) -> None:
     [sent] = messages(1)
     await queue.enqueue([sent])
-    await queue.heartbeat("slow", "test", 0.1)
-    await queue.claim("slow", 1)
+    await queue.heartbeat("slow", "test", 0.1, take=True)
+    await queue.claim("slow", 1, holder="test")
     await asyncio.sleep(0.2)
     await queue.reap(max_returns=3)  # back on the queue...
-    await queue.ack("slow", [sent.id], 100)  # ...but the slow worker did deliver it
-    assert await queue.claim("other", 5) == []
+    await queue.ack("slow", [sent.id], 100, holder="test")  # ...but the slow worker did deliver it
+    await queue.heartbeat("other", "test", 30, take=True)
+    assert await queue.claim("other", 5, holder="test") == []
     assert await places(queue, sent.id) == []
 
 
@@ -246,9 +252,9 @@ async def test_rate_limit_is_a_token_bucket_per_api_key(queue: Queue) -> None:
 async def test_every_key_shares_the_queues_cluster_slot(queue: Queue) -> None:
     [sent] = messages(1)
     await queue.enqueue([NewMessage(sent.id, b"x", "text/plain", "k")])
-    await queue.heartbeat("w1", "test", 30)
-    await queue.claim("w1", 1)
-    await queue.retry_later("w1", sent.id, now_ms() + 60_000, "HTTP 500")
+    await queue.heartbeat("w1", "test", 30, take=True)
+    await queue.claim("w1", 1, holder="test")
+    await queue.retry_later("w1", sent.id, now_ms() + 60_000, "HTTP 500", holder="test")
     keys = [key.decode() for key in await queue.redis.keys("*")]
     tagged = [key for key in keys if key != Keys().queue and not key.startswith("ferry-test")]
     assert tagged and all(key.startswith("{message_queue}:") for key in tagged), keys

@@ -58,7 +58,7 @@ def queue_length(redis_url: str) -> int:
 
 
 def dead_ids(redis_url: str) -> list[str]:
-    return [raw.decode() for raw in client(redis_url).lrange("{message_queue}:dead", 0, -1)]
+    return [raw.decode() for raw in client(redis_url).zrevrange("{message_queue}:dead_letters", 0, -1)]
 
 
 def in_flight(redis_url: str, worker_id: str) -> list[str]:

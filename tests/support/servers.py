@@ -77,6 +77,7 @@ class RedisProcess:
                 "--appendfsync", self.appendfsync,
                 "--save", "",
                 "--maxmemory-policy", "noeviction",
+                    "--enable-debug-command", "local",  # DEBUG SLEEP stalls it, as a slow disk would
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

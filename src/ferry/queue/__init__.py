@@ -6,6 +6,6 @@ the Redis client and the checks ferry makes before trusting a server, `batching`
 the coalescing of concurrent calls into one. docs/storage.md describes the layout.
 """
 
-from ferry.queue.queue import Enqueued, Handled, Limits, NotDurable, Queue, Reaped, Snapshot
+from ferry.queue.queue import Enqueued, Fenced, Handled, Limits, NotDurable, Queue, Reaped, Snapshot
 
-__all__ = ["Enqueued", "Handled", "Limits", "NotDurable", "Queue", "Reaped", "Snapshot"]
+__all__ = ["Enqueued", "Fenced", "Handled", "Limits", "NotDurable", "Queue", "Reaped", "Snapshot"]

@@ -53,7 +53,13 @@ class Keys:
 
     @property
     def dead(self) -> str:
-        """List of ids that will not be delivered without an operator's replay."""
+        """Sorted set of ids that will not be delivered without an operator's replay,
+        scored by when each died (ms)."""
+        return f"{self.tag}:dead_letters"
+
+    @property
+    def legacy_dead_list(self) -> str:
+        """Where ferry 0.1 kept its dead letters, as a list: `Queue.upgrade` moves them."""
         return f"{self.tag}:dead"
 
     @property

@@ -23,9 +23,11 @@ from ferry.queue.message import DeadLetter, Message, MessageStatus, NewMessage, 
 
 EnqueueOutcome = Literal["queued", "existing", "full", "limited"]
 FSYNC_TIMEOUT_MS = 2000
-# Dead letters moved or deleted per script call: each call holds Redis for about
-# a millisecond, so replaying or purging a million never stalls the workers.
-DEAD_LETTER_CHUNK = 1000
+# Ids one script call handles at most, where a call could otherwise handle any number
+# (reap, give back, promote, replay, purge): a few milliseconds of Redis each
+# (bench/script_cost.py), so a million dead letters or a worker that died holding ten
+# thousand never stall the other clients. The caller calls again while there is more.
+SCRIPT_CHUNK = 200
 DEAD_LETTER_FIELDS = ("attempts", "returns", "last_error", "created_at", "updated_at")
 
 
@@ -37,17 +39,25 @@ class NotDurable(ConnectionError):
 
 
 
+class Fenced(Exception):
+    """This process does not hold the worker's lease (any more): it may not claim or
+    settle for that worker id. The reaper gave back what it held, or another process
+    took the id; the worker starts over with a new lease."""
+
+
 @dataclass(frozen=True, slots=True)
 class Enqueued:
     """What became of one message handed to `enqueue`.
 
     `id` is the message's id when queued, the first message's id when its
-    idempotency key was seen before, and empty when refused; `wait_ms` says how
-    long a rate-limited client should wait.
+    idempotency key was seen before, and empty when refused; `status` is that
+    message's status now ("" when refused, or when the first message is gone);
+    `wait_ms` says how long a rate-limited client should wait.
     """
 
     outcome: EnqueueOutcome
     id: str
+    status: str = ""
     wait_ms: int = 0
 
 
@@ -86,29 +96,38 @@ class Handled:
     not_dead: tuple[str, ...] = ()
 
 
+def _count(raw: bytes | None) -> int:
+    """A whole number ferry wrote, or 0 for one it did not (a corrupt dead letter keeps its raw fields)."""
+    return int(raw) if raw is not None and raw.isdigit() else 0
+
+
 def _dead_letter(message_id: str, fields: list[bytes | None]) -> DeadLetter:
     """A dead letter from its hash's fields (all None if the hash is gone)."""
     attempts, returns, last_error, created_at, updated_at = fields
     return DeadLetter(
         id=message_id,
-        attempts=int(attempts or 0),
-        returns=int(returns or 0),
+        attempts=_count(attempts),
+        returns=_count(returns),
         last_error=last_error.decode(errors="replace") if last_error else None,
-        created_at_ms=int(created_at or 0),
-        died_at_ms=int(updated_at or 0),
+        created_at_ms=_count(created_at),
+        died_at_ms=_count(updated_at),
     )
 
 
-def _enqueued(outcome: bytes, detail: bytes | int) -> Enqueued:
+def _enqueued(outcome: bytes, detail: bytes | int, status: bytes) -> Enqueued:
     if outcome == b"limited":
-        return Enqueued("limited", "", int(detail))
+        return Enqueued("limited", "", wait_ms=int(detail))
     text = detail.decode() if isinstance(detail, bytes) else str(detail)
-    return Enqueued(outcome.decode(), text)  # type: ignore[arg-type]
+    return Enqueued(outcome.decode(), text, status.decode())  # type: ignore[arg-type]
+
+
+# Prepended to every script: the checks that let a script read a message hash safely.
+_MESSAGE_CHECKS = files("ferry.queue").joinpath("lua", "_message.lua").read_text()
 
 
 def _script(redis: Redis, name: str) -> AsyncScript:
     source = files("ferry.queue").joinpath("lua", f"{name}.lua").read_text()
-    return redis.register_script(source)
+    return redis.register_script(_MESSAGE_CHECKS + "\n" + source)
 
 
 _DeadLetterChunk = Callable[[int, Sequence[str]], Awaitable[list[bytes | int]]]
@@ -136,6 +155,8 @@ class Queue:
         self._release = _script(redis, "release")
         self._replay = _script(redis, "replay")
         self._purge = _script(redis, "purge")
+        self._upgrade = _script(redis, "upgrade")
+        self._heartbeat = _script(redis, "heartbeat")
 
     async def enqueue(
         self,
@@ -174,9 +195,9 @@ class Queue:
             reply = await self._enqueue_fsynced(args)
         else:
             reply = await self._enqueue(keys=[self.keys.queue], args=args)
-        if not reply:  # all queued: the script says so with an empty list, not one pair per message
-            return [Enqueued("queued", message.id) for message in messages]
-        return [_enqueued(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
+        if not reply:  # all queued: the script says so with an empty list, not a triple per message
+            return [Enqueued("queued", message.id, "queued") for message in messages]
+        return [_enqueued(reply[i], reply[i + 1], reply[i + 2]) for i in range(0, len(reply), 3)]
 
     async def _enqueue_fsynced(self, args: list[str | bytes | int | float]) -> list[bytes]:
         # WAITAOF waits for the writes of its own connection: one pipeline, one connection.
@@ -193,28 +214,33 @@ class Queue:
         return reply  # type: ignore[no-any-return]
 
     async def claim(
-        self, worker_id: str, limit: int, *, block_seconds: float = 0
+        self, worker_id: str, limit: int, *, holder: str, block_seconds: float = 0
     ) -> list[Message]:
         """Take up to `limit` messages into this worker's in-flight list.
 
-        With `block_seconds`, wait that long on an empty queue (BLMOVE) for the first.
+        With `block_seconds`, wait that long on an empty queue for the first. The
+        wait moves nothing (BLMOVE from the queue's front back to its front): an id
+        moved into the in-flight list outside the fenced claim script could be
+        stranded there by a worker that was fenced off meanwhile and then died.
+        Raises `Fenced` when `holder` does not hold the worker's lease.
         """
-        in_flight = self.keys.in_flight(worker_id)
-        reply = await self._claim_now(worker_id, limit, moved="")
-        if reply or block_seconds <= 0:
-            return reply
-        moved = await self.redis.blmove(
-            self.keys.queue, in_flight, block_seconds, "RIGHT", "LEFT"  # type: ignore[arg-type]  # seconds may be fractional
+        claimed = await self._claim_now(worker_id, limit, holder)
+        if claimed or block_seconds <= 0:
+            return claimed
+        arrived = await self.redis.blmove(
+            self.keys.queue, self.keys.queue, block_seconds, "RIGHT", "RIGHT"  # type: ignore[arg-type]  # seconds may be fractional
         )
-        if moved is None:
+        if arrived is None:
             return []
-        return await self._claim_now(worker_id, limit, moved=moved)
+        return await self._claim_now(worker_id, limit, holder)
 
-    async def _claim_now(self, worker_id: str, limit: int, moved: str | bytes) -> list[Message]:
+    async def _claim_now(self, worker_id: str, limit: int, holder: str) -> list[Message]:
         reply = await self._claim(
-            keys=[self.keys.queue, self.keys.in_flight(worker_id)],
-            args=[self.keys.message_prefix, now_ms(), limit, worker_id, moved],
+            keys=[self.keys.queue, self.keys.in_flight(worker_id), self.keys.dead, self.keys.heartbeat(worker_id)],
+            args=[self.keys.message_prefix, now_ms(), limit, worker_id, holder],
         )
+        if reply == b"fenced":
+            raise Fenced(worker_id)
         return [
             Message(
                 id=reply[i].decode(),
@@ -226,25 +252,38 @@ class Queue:
             for i in range(0, len(reply), 5)
         ]
 
-    async def ack(self, worker_id: str, message_ids: Sequence[str], status_ttl_seconds: int) -> None:
-        """Record deliveries: out of the in-flight list, status `delivered`, bodies freed."""
-        await self._ack(
-            keys=[self.keys.in_flight(worker_id)],
-            args=[self.keys.message_prefix, now_ms(), status_ttl_seconds, *message_ids],
+    async def ack(
+        self, worker_id: str, message_ids: Sequence[str], status_ttl_seconds: int, *, holder: str
+    ) -> int:
+        """Record deliveries: status `delivered`, bodies freed; how many were recorded.
+
+        Out of this worker's in-flight list, or, for one the reaper took back
+        meanwhile, off wherever it waits (see ack.lua): the main server has it.
+        """
+        recorded = await self._ack(
+            keys=[
+                self.keys.in_flight(worker_id),
+                self.keys.heartbeat(worker_id),
+                self.keys.queue,
+                self.keys.retry,
+                self.keys.dead,
+            ],
+            args=[self.keys.message_prefix, now_ms(), status_ttl_seconds, holder, *message_ids],
         )
+        return int(recorded)
 
     async def retry_later(
-        self, worker_id: str, message_id: str, due_ms: int, error: str
+        self, worker_id: str, message_id: str, due_ms: int, error: str, *, holder: str
     ) -> bool:
         """Schedule another attempt at `due_ms`; False if this worker no longer held it."""
-        return await self._settle_failure(worker_id, message_id, error, str(due_ms))
+        return await self._settle_failure(worker_id, message_id, error, str(due_ms), holder)
 
-    async def bury(self, worker_id: str, message_id: str, error: str) -> bool:
-        """Move to the dead-letter list; False if this worker no longer held it."""
-        return await self._settle_failure(worker_id, message_id, error, "")
+    async def bury(self, worker_id: str, message_id: str, error: str, *, holder: str) -> bool:
+        """Move to the dead letters; False if this worker no longer held it."""
+        return await self._settle_failure(worker_id, message_id, error, "", holder)
 
     async def _settle_failure(
-        self, worker_id: str, message_id: str, error: str, due: str
+        self, worker_id: str, message_id: str, error: str, due: str, holder: str
     ) -> bool:
         moved = await self._fail(
             keys=[
@@ -252,28 +291,36 @@ class Queue:
                 self.keys.retry,
                 self.keys.dead,
                 self.keys.message(message_id),
+                self.keys.heartbeat(worker_id),
             ],
-            args=[message_id, now_ms(), error, due],
+            args=[message_id, now_ms(), error, due, holder],
         )
         return bool(moved)
 
-    async def promote_due(self, limit: int = 1000) -> int:
-        """Queue the retries whose time has come; safe to call from every worker at once."""
-        moved = await self._promote_due(
-            keys=[self.keys.retry, self.keys.queue],
-            args=[self.keys.message_prefix, now_ms(), limit],
-        )
-        return int(moved)
+    async def promote_due(self, limit: int = SCRIPT_CHUNK) -> int:
+        """Queue the retries whose time has come, `limit` per script call; safe to call
+        from every worker at once."""
+        promoted, moved = 0, limit
+        while moved == limit:
+            moved = int(
+                await self._promote_due(
+                    keys=[self.keys.retry, self.keys.queue, self.keys.dead],
+                    args=[self.keys.message_prefix, now_ms(), limit],
+                )
+            )
+            promoted += moved
+        return promoted
 
-    async def heartbeat(self, worker_id: str, holder: str, lease_seconds: float) -> None:
-        """Renew this worker's lease on its in-flight list and stay in the registry."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.keys.heartbeat(worker_id), holder, px=int(lease_seconds * 1000))
-            pipe.sadd(self.keys.workers, worker_id)
-            await pipe.execute()
+    async def heartbeat(self, worker_id: str, holder: str, lease_seconds: float, *, take: bool = False) -> bool:
+        """Renew this worker's lease (or take it, at start); False when `holder` is fenced off."""
+        held = await self._heartbeat(
+            keys=[self.keys.heartbeat(worker_id), self.keys.workers],
+            args=[holder, int(lease_seconds * 1000), worker_id, "1" if take else "0"],
+        )
+        return bool(held)
 
     async def lease_holder(self, worker_id: str) -> str | None:
-        """Who holds `worker_id`'s lease now (host:pid), if anyone."""
+        """Who holds `worker_id`'s lease now, if anyone."""
         holder = await self.redis.get(self.keys.heartbeat(worker_id))
         return holder.decode() if holder is not None else None
 
@@ -282,44 +329,67 @@ class Queue:
 
     async def reap(self, max_returns: int) -> Reaped:
         """Give back the in-flight messages of every worker whose lease ran out."""
-        returned, buried = await self._reap(
-            keys=[self.keys.workers, self.keys.queue, self.keys.dead],
-            args=[
-                self.keys.message_prefix,
-                self.keys.in_flight_prefix,
-                self.keys.heartbeat_prefix,
-                max_returns,
-                now_ms(),
-            ],
-        )
-        return Reaped(int(returned), int(buried))
+        returned = buried = 0
+        more = True
+        while more:
+            returned_now, buried_now, more = await self._reap(
+                keys=[self.keys.workers, self.keys.queue, self.keys.dead],
+                args=[
+                    self.keys.message_prefix,
+                    self.keys.in_flight_prefix,
+                    self.keys.heartbeat_prefix,
+                    max_returns,
+                    now_ms(),
+                    SCRIPT_CHUNK,
+                ],
+            )
+            returned += int(returned_now)
+            buried += int(buried_now)
+        return Reaped(returned, buried)
 
-    async def release(self, worker_id: str) -> int:
+    async def release(self, worker_id: str, *, holder: str) -> int:
         """Give back all this worker holds (a clean shutdown) and leave the registry."""
-        return await self._give_back(worker_id, (), sign_off=True)
+        return await self._give_back(worker_id, (), holder, sign_off=True)
 
-    async def return_strays(self, worker_id: str, held: Collection[str]) -> int:
+    async def return_strays(self, worker_id: str, held: Collection[str], *, holder: str) -> int:
         """Give back what this worker's in-flight list holds beyond `held`: claims whose
         replies were lost. Only safe while no claim of this worker is under way."""
-        return await self._give_back(worker_id, held, sign_off=False)
+        return await self._give_back(worker_id, held, holder, sign_off=False)
 
-    async def _give_back(self, worker_id: str, held: Collection[str], *, sign_off: bool) -> int:
-        released = await self._release(
-            keys=[
-                self.keys.in_flight(worker_id),
-                self.keys.queue,
-                self.keys.heartbeat(worker_id),
-                self.keys.workers,
-            ],
-            args=[self.keys.message_prefix, now_ms(), worker_id, "1" if sign_off else "0", *held],
-        )
-        return int(released)
+    async def _give_back(
+        self, worker_id: str, held: Collection[str], holder: str, *, sign_off: bool
+    ) -> int:
+        released, left = 0, 1
+        while left:
+            given_back, left = await self._release(
+                keys=[
+                    self.keys.in_flight(worker_id),
+                    self.keys.queue,
+                    self.keys.heartbeat(worker_id),
+                    self.keys.workers,
+                    self.keys.dead,
+                ],
+                args=[
+                    self.keys.message_prefix,
+                    now_ms(),
+                    worker_id,
+                    "1" if sign_off else "0",
+                    holder,
+                    SCRIPT_CHUNK,
+                    *held,
+                ],
+            )
+            if given_back < 0:
+                raise Fenced(worker_id)
+            released += int(given_back)
+        return released
 
     async def dead_letters(self, limit: int = 50, offset: int = 0) -> list[DeadLetter]:
         """A page of the dead-letter list, the most recently dead first; two round trips."""
         if limit <= 0:
             return []
-        ids = [raw.decode() for raw in await self.redis.lrange(self.keys.dead, offset, offset + limit - 1)]  # type: ignore[misc]
+        newest_first = await self.redis.zrevrange(self.keys.dead, offset, offset + limit - 1)
+        ids = [raw.decode() for raw in newest_first]
         if not ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -357,8 +427,8 @@ class Queue:
         """Each id once, a chunk of them per script call (each chunk atomic)."""
         unique = list(dict.fromkeys(message_ids))
         count, not_dead = 0, []
-        for start in range(0, len(unique), DEAD_LETTER_CHUNK):
-            reply = await chunk(0, unique[start : start + DEAD_LETTER_CHUNK])
+        for start in range(0, len(unique), SCRIPT_CHUNK):
+            reply = await chunk(0, unique[start : start + SCRIPT_CHUNK])
             count += int(reply[0])
             not_dead += [raw.decode() for raw in reply[1:] if isinstance(raw, bytes)]
         return Handled(count, tuple(not_dead))
@@ -373,7 +443,7 @@ class Queue:
         remaining = await self.dead_size()
         count = 0
         while remaining > 0:
-            moved = int((await chunk(min(DEAD_LETTER_CHUNK, remaining), []))[0])
+            moved = int((await chunk(min(SCRIPT_CHUNK, remaining), []))[0])
             if moved == 0:
                 break
             count += moved
@@ -393,7 +463,7 @@ class Queue:
             pipe.llen(self.keys.queue)
             pipe.lindex(self.keys.queue, -1)
             pipe.zcard(self.keys.retry)
-            pipe.llen(self.keys.dead)
+            pipe.zcard(self.keys.dead)
             pipe.scard(self.keys.workers)
             size, next_id, retry, dead, workers = await pipe.execute()
         oldest = 0.0
@@ -406,7 +476,20 @@ class Queue:
         return int(await self.redis.llen(self.keys.queue))  # type: ignore[misc]
 
     async def dead_size(self) -> int:
-        return int(await self.redis.llen(self.keys.dead))  # type: ignore[misc]
+        return int(await self.redis.zcard(self.keys.dead))
+
+    async def upgrade(self) -> int:
+        """Move what an older ferry left in an older layout (dead letters in a list); how many."""
+        moved = 0
+        while True:
+            before = await self.redis.llen(self.keys.legacy_dead_list)  # type: ignore[misc]
+            if not before:
+                return moved
+            left = await self._upgrade(
+                keys=[self.keys.legacy_dead_list, self.keys.dead],
+                args=[self.keys.message_prefix, now_ms(), SCRIPT_CHUNK],
+            )
+            moved += int(before) - int(left)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())  # type: ignore[misc]

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import structlog
@@ -25,7 +26,7 @@ from prometheus_client import start_http_server
 from ferry.logs import configure, get_logger
 from ferry.metrics import WorkerMetrics
 from ferry.processes.redis_url import resolve_redis_url
-from ferry.queue import Queue
+from ferry.queue import Fenced, Queue
 from ferry.queue.batching import Coalescer
 from ferry.queue.connection import UNAVAILABLE, UnsafeRedis, check_server, connect
 from ferry.queue.message import Message, now_ms
@@ -90,7 +91,8 @@ class Worker:
         self.redis_away = RedisAway(metrics)
         # Deliveries that finish together are acked together: one script call.
         self._acks: Coalescer[str, None] = Coalescer(self._ack_batch)
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.holder = new_holder()
+        self._rejoining = asyncio.Lock()
         self.deliveries: set[asyncio.Task[None]] = set()
         self.waiting: deque[Message] = deque()  # claimed ahead, not yet being delivered
         self.held: set[str] = set()  # ids claimed and not yet settled (waiting or delivering)
@@ -149,20 +151,37 @@ class Worker:
         await self.redis_away.call(lambda: self.queue.drop_lease(self.worker_id))
         reaped = await self.redis_away.call(lambda: self.queue.reap(self.settings.max_returns))
         self._log_reaped(reaped.returned, reaped.buried)
-        await self._renew_lease()
-        log.info("worker started", concurrency=self.settings.worker_concurrency)
+        await self.redis_away.call(
+            lambda: self.queue.heartbeat(self.worker_id, self.holder, self.settings.lease_seconds, take=True)
+        )
+        log.info("worker started", concurrency=self.settings.worker_concurrency, lease_holder=self.holder)
         return True
 
-    async def _renew_lease(self) -> None:
-        await self.redis_away.call(
-            lambda: self.queue.heartbeat(self.worker_id, self.holder, self.settings.lease_seconds)
-        )
+    async def _rejoin(self) -> None:
+        """Fenced off: what this worker held was given back (or another process took its
+        id), so it forgets what it claimed ahead and takes the lease anew, as a new holder.
+        Deliveries under way finish; their acks are still recorded (see ack.lua)."""
+        async with self._rejoining:
+            if await self.redis_away.call(
+                lambda: self.queue.heartbeat(self.worker_id, self.holder, self.settings.lease_seconds)
+            ):
+                return  # another task rejoined already
+            log.warning("fenced off: the lease lapsed and what this worker held was given back")
+            for message in self.waiting:
+                self.held.discard(message.id)
+            self.waiting.clear()
+            self.holder = new_holder()
+            await self._take_lease()
 
     async def _keep_lease(self) -> None:
         # A third of the lease: two renewals may fail before others take our messages.
         while not self._closing.is_set():
             await asyncio.sleep(self.settings.lease_seconds / 3)
-            await self._renew_lease()
+            held = await self.redis_away.call(
+                lambda: self.queue.heartbeat(self.worker_id, self.holder, self.settings.lease_seconds)
+            )
+            if not held:
+                await self._rejoin()
 
     async def _maintain(self) -> None:
         """Promote due retries often; reap dead workers every half lease, jittered."""
@@ -204,7 +223,12 @@ class Worker:
                 continue
             try:
                 await self._return_strays()
-                messages = await self.queue.claim(self.worker_id, room, block_seconds=BLOCK_SECONDS)
+                messages = await self.queue.claim(
+                    self.worker_id, room, holder=self.holder, block_seconds=BLOCK_SECONDS
+                )
+            except Fenced:
+                await self._rejoin()
+                continue
             except UNAVAILABLE as error:
                 self._next_stray_check = 0.0  # its reply may be lost, not the claim
                 await self.redis_away.wait(error)
@@ -227,7 +251,7 @@ class Worker:
         """
         if time.monotonic() < self._next_stray_check:
             return
-        returned = await self.queue.return_strays(self.worker_id, self.held)
+        returned = await self.queue.return_strays(self.worker_id, self.held, holder=self.holder)
         self._next_stray_check = time.monotonic() + self.settings.lease_seconds
         if returned:
             log.warning("gave back messages claimed with a lost reply", count=returned)
@@ -270,20 +294,22 @@ class Worker:
             return
         self.metrics.failed.inc()
         if outcome.verdict is Verdict.PERMANENT or message.attempt >= settings.worker_max_attempts:
-            await self.redis_away.call(lambda: self.queue.bury(self.worker_id, message.id, outcome.error))
+            await self.redis_away.call(
+                lambda: self.queue.bury(self.worker_id, message.id, outcome.error, holder=self.holder)
+            )
             self.metrics.dead.inc()
             log.warning("dead-lettered", error=outcome.error, permanent=outcome.verdict is Verdict.PERMANENT)
             return
         delay = next_delay_seconds(message.attempt, outcome.retry_after_seconds, settings)
         due_ms = now_ms() + int(delay * 1000)
         await self.redis_away.call(
-            lambda: self.queue.retry_later(self.worker_id, message.id, due_ms, outcome.error)
+            lambda: self.queue.retry_later(self.worker_id, message.id, due_ms, outcome.error, holder=self.holder)
         )
         self.metrics.retries.inc()
         log.warning("delivery failed, will retry", error=outcome.error, retry_in_seconds=round(delay, 3))
 
     async def _ack_batch(self, message_ids: list[str]) -> list[None]:
-        await self.queue.ack(self.worker_id, message_ids, self.settings.status_ttl_seconds)
+        await self.queue.ack(self.worker_id, message_ids, self.settings.status_ttl_seconds, holder=self.holder)
         return [None] * len(message_ids)
 
     async def _drain(self) -> None:
@@ -310,19 +336,44 @@ class Worker:
         """
         try:
             released = await asyncio.wait_for(
-                self.redis_away.call(lambda: self.queue.release(self.worker_id)), timeout=10
+                self.redis_away.call(lambda: self.queue.release(self.worker_id, holder=self.holder)), timeout=10
             )
         except asyncio.TimeoutError:
             log.warning("redis unavailable at shutdown: the lease will return held messages")
             return
+        except Fenced:
+            log.warning("fenced off at shutdown: what this worker held was given back already")
+            return
         log.info("worker stopped", given_back=released)
 
 
+def _process_scope() -> str:
+    """What makes a pid mean one process: this boot of this machine and this pid namespace.
+
+    Two containers often share a host name and pids; only a holder of the same
+    boot and pid namespace can be judged gone by its pid. Empty where unknown
+    (not Linux): such a holder is never judged, its lease runs out instead.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return f"{boot}/{namespace}"
+
+
+def new_holder() -> str:
+    """A lease holder: host, pid, where that pid is meaningful, and a token of this run."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_process_scope()}:{uuid.uuid4().hex[:12]}"
+
+
 def _holder_is_dead(holder: str) -> bool:
-    """A lease holder is host:pid:token; on this host, a missing pid means it is gone."""
-    host, _, rest = holder.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    """True only for a holder of this host, boot and pid namespace whose pid is gone."""
+    parts = holder.split(":")
+    if len(parts) != 4:
+        return False  # an older ferry's holder: its lease runs out
+    host, pid_text, scope, _ = parts
+    if host != socket.gethostname() or not scope or scope != _process_scope() or not pid_text.isdigit():
         return False
     try:
         os.kill(int(pid_text), 0)
@@ -331,10 +382,6 @@ def _holder_is_dead(holder: str) -> bool:
     except PermissionError:
         return False
     return False
-
-
-async def _wait_for_redis(queue: Queue, redis_away: RedisAway) -> None:
-    await redis_away.call(queue.ping)
 
 
 async def serve(settings: Settings, redis_url: str) -> int:
@@ -354,7 +401,7 @@ async def serve(settings: Settings, redis_url: str) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, worker.stop)
         loop.add_signal_handler(signal.SIGINT, worker.stop)
-        await _wait_for_redis(queue, worker.redis_away)
+        await worker.redis_away.call(queue.ping)  # started before Redis: wait for it
         try:
             check = await check_server(redis, settings.allow_evicting_redis)
         except UnsafeRedis as error:
@@ -363,6 +410,8 @@ async def serve(settings: Settings, redis_url: str) -> int:
             return 2
         for warning in check.warnings:
             log.warning("redis setup", problem=warning)
+        if upgraded := await worker.redis_away.call(queue.upgrade):
+            log.info("moved an older ferry's dead letters into the current layout", count=upgraded)
         await worker.run()
     await redis.aclose()
     return 0

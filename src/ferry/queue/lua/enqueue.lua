@@ -7,9 +7,12 @@
 --       idempotency ttl (s), all-or-nothing ('1'/'0'), rate bucket prefix,
 --       rate (per s, 0: none), bucket capacity, then per message:
 --       id, body, content type, idempotency key (''), rate bucket ('')
--- Returns per message an outcome and its detail:
---   'queued', id | 'existing', first id | 'full', '' | 'limited', wait (ms)
+-- Returns per message an outcome, its detail and the message's status now:
+--   'queued', id, 'queued' | 'existing', first id, its status ('' if gone) |
+--   'full', '', '' | 'limited', wait (ms), ''
 -- or, when every message was queued (the usual case), an empty list.
+-- Idempotent per message id: a call the client retried after a timeout (the first
+-- may have run) stores nothing twice, and refuses nothing it stored.
 local FIELDS, FIRST = 5, 10
 local queue = KEYS[1]
 local prefix, now, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -40,11 +43,24 @@ local function refuse_all(outcome, detail)
   for _ = 1, count do
     refused[#refused + 1] = outcome
     refused[#refused + 1] = detail
+    refused[#refused + 1] = ''
   end
   return refused
 end
 
+-- Stored already, by an earlier run of this very call.
+local function stored(id)
+  return redis.call('EXISTS', prefix .. id) == 1
+end
+
+local function status_of(id)
+  local key = prefix .. id
+  if redis.call('TYPE', key)['ok'] ~= 'hash' then return '' end
+  return redis.call('HGET', key, 'status') or ''
+end
+
 if all_or_nothing then
+  if stored(ARGV[FIRST]) then return {} end -- the batch is stored whole, or not at all
   if cap > 0 and length + count > cap then return refuse_all('full', '') end
   local wait = take_tokens(ARGV[FIRST + 4], count)
   if wait > 0 then return refuse_all('limited', wait) end
@@ -56,16 +72,18 @@ for i = 0, count - 1 do
   local base = FIRST + FIELDS * i
   local id, body, content_type = ARGV[base], ARGV[base + 1], ARGV[base + 2]
   local idempotency, bucket = ARGV[base + 3], ARGV[base + 4]
+  local outcome, detail, status = 'queued', id, 'queued'
   local existing = idempotency ~= '' and redis.call('GET', idempotency_prefix .. idempotency)
-  local outcome, detail = 'queued', id
-  if existing then
-    outcome, detail = 'existing', existing
+  if existing == id or stored(id) then
+    -- stored by an earlier run of this call: nothing more to do
+  elseif existing then
+    outcome, detail, status = 'existing', existing, status_of(existing)
   elseif cap > 0 and length >= cap then
-    outcome, detail = 'full', ''
+    outcome, detail, status = 'full', '', ''
   else
     local wait = all_or_nothing and 0 or take_tokens(bucket, 1)
     if wait > 0 then
-      outcome, detail = 'limited', wait
+      outcome, detail, status = 'limited', wait, ''
     else
       redis.call('HSET', prefix .. id, 'body', body, 'content_type', content_type, 'status', 'queued',
         'attempts', 0, 'returns', 0, 'created_at', now, 'updated_at', now)
@@ -78,6 +96,7 @@ for i = 0, count - 1 do
   end
   results[#results + 1] = outcome
   results[#results + 1] = detail
+  results[#results + 1] = status
   all_queued = all_queued and outcome == 'queued'
 end
 if all_queued then return {} end

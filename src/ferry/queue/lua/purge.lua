@@ -1,29 +1,35 @@
 -- Storage layout: docs/storage.md
--- purge: delete dead letters for good. Each leaves the dead-letter list and
--- loses its message hash (body, status) in one step: no body is left behind
--- without its entry, and an id that is not dead (replayed meanwhile, or never
--- dead) keeps its hash, since only an id found in the list is deleted.
+-- purge: delete dead letters for good. Each leaves the dead letters and loses
+-- its message hash (body, status) in one step: no body is left behind without
+-- its entry, and an id that is not dead (replayed meanwhile, or never dead)
+-- keeps its hash, since only an id found among the dead letters is deleted.
 -- Message keys are built here from their ids: they carry the queue's hash tag,
--- so they share the list's cluster slot.
--- Either the ids given, or (oldest > 0) that many from the list's oldest end:
--- purging everything goes chunk by chunk, each blocking Redis only briefly.
--- KEYS[1] dead-letter list
+-- so they share the dead letters' cluster slot.
+-- Either the ids given, or (oldest > 0) that many from the oldest end: purging
+-- everything goes chunk by chunk, each blocking Redis only briefly; each id
+-- costs O(log n) in the sorted set.
+-- KEYS[1] dead letters
 -- ARGV: message prefix, oldest (0: the ids given), ids...
 -- Returns: how many were purged, then each id given that was not a dead letter.
 local dead, prefix = KEYS[1], ARGV[1]
 local oldest = tonumber(ARGV[2])
 local reply = {0}
 
+local function delete(id)
+  -- With what a corrupt message's key held, if it was kept aside.
+  redis.call('DEL', prefix .. id, prefix .. id .. ':corrupt')
+  reply[1] = reply[1] + 1
+end
+
 if oldest > 0 then
-  for _, id in ipairs(redis.call('RPOP', dead, oldest) or {}) do
-    redis.call('DEL', prefix .. id)
-    reply[1] = reply[1] + 1
+  local popped = redis.call('ZPOPMIN', dead, oldest)
+  for i = 1, #popped, 2 do
+    delete(popped[i])
   end
 else
   for i = 3, #ARGV do
-    if redis.call('LREM', dead, 0, ARGV[i]) > 0 then
-      redis.call('DEL', prefix .. ARGV[i])
-      reply[1] = reply[1] + 1
+    if redis.call('ZREM', dead, ARGV[i]) > 0 then
+      delete(ARGV[i])
     else
       reply[#reply + 1] = ARGV[i]
     end

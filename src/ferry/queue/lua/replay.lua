@@ -3,9 +3,10 @@
 -- reset, so the retry policy applies anew. Atomic, so each dead letter is
 -- either still dead or queued once, never both and never twice, even when two
 -- operators replay at the same moment or a worker buries another meanwhile.
--- Either the ids given, or (oldest > 0) that many from the list's oldest end:
--- replaying everything goes chunk by chunk, each blocking Redis only briefly.
--- KEYS[1] dead-letter list, KEYS[2] queue
+-- Either the ids given, or (oldest > 0) that many from the oldest end: replaying
+-- everything goes chunk by chunk, each blocking Redis only briefly. The dead
+-- letters are a sorted set, so each id costs O(log n), however many there are.
+-- KEYS[1] dead letters, KEYS[2] queue
 -- ARGV: message prefix, now (ms), oldest (0: the ids given), ids...
 -- Returns: how many were replayed, then each id given that was not a dead letter.
 local dead, queue, prefix, now = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
@@ -13,19 +14,24 @@ local oldest = tonumber(ARGV[3])
 local reply = {0}
 
 local function requeue(id)
+  local key = prefix .. id
   redis.call('LPUSH', queue, id)
-  redis.call('HSET', prefix .. id, 'status', 'queued', 'attempts', 0, 'returns', 0, 'updated_at', now)
+  -- A key that is no hash stays as it is: the claim buries it again, with the reason.
+  if redis.call('TYPE', key)['ok'] == 'hash' then
+    redis.call('HSET', key, 'status', 'queued', 'attempts', 0, 'returns', 0, 'updated_at', now)
+  end
   reply[1] = reply[1] + 1
 end
 
 if oldest > 0 then
   -- The longest dead first: they leave the queue in the order they died.
-  for _, id in ipairs(redis.call('RPOP', dead, oldest) or {}) do
-    requeue(id)
+  local popped = redis.call('ZPOPMIN', dead, oldest)
+  for i = 1, #popped, 2 do
+    requeue(popped[i])
   end
 else
   for i = 4, #ARGV do
-    if redis.call('LREM', dead, 0, ARGV[i]) > 0 then
+    if redis.call('ZREM', dead, ARGV[i]) > 0 then
       requeue(ARGV[i])
     else
       reply[#reply + 1] = ARGV[i]

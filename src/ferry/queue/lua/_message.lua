@@ -1,0 +1,60 @@
+-- Storage layout: docs/storage.md
+-- Prepended to every script when it is loaded (ferry/queue/queue.py): how a script
+-- reads a message hash without failing half way. Redis does not roll back a script
+-- that fails, so a script looks at a message with `message_problem` before its
+-- first write for it; a message it cannot read is buried with `bury_corrupt`, what
+-- it held kept aside, instead of failing the script and stranding the ids it moved.
+local MESSAGE_STATUSES = {queued = true, delivering = true, retrying = true, delivered = true, dead = true}
+-- Every field enqueue writes but the body (which goes once delivered, and is only
+-- looked for: copying it into Lua would cost more than the rest of the check).
+local MESSAGE_FIELDS = {'status', 'content_type', 'attempts', 'returns', 'created_at', 'updated_at'}
+local COUNT_FIELDS = {attempts = true, returns = true, created_at = true, updated_at = true}
+
+local function shown(value)
+  return string.format('%q', string.sub(value, 1, 40))
+end
+
+-- nil and the message's status when the message at `key` can be handled; else why
+-- not: 'gone' (no key at all), a key of another type, a field missing or not what
+-- ferry writes there.
+local function message_problem(key)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then return 'gone' end
+  if kind ~= 'hash' then return 'the key holds a ' .. kind .. ', not a hash' end
+  local values = redis.call('HMGET', key, unpack(MESSAGE_FIELDS))
+  local status = values[1]
+  if not status then return 'status is missing' end
+  if not MESSAGE_STATUSES[status] then return 'status is ' .. shown(status) end
+  for i = 2, #MESSAGE_FIELDS do
+    local name, value = MESSAGE_FIELDS[i], values[i]
+    if not value then return name .. ' is missing' end
+    if COUNT_FIELDS[name] and not (#value <= 15 and string.match(value, '^%d+$')) then
+      return name .. ' is not a whole number: ' .. shown(value)
+    end
+  end
+  if status ~= 'delivered' and redis.call('HEXISTS', key, 'body') == 0 then return 'body is missing' end
+  return nil, status
+end
+
+-- Into the dead-letter set with the reason. Whatever the key held is copied first,
+-- byte for byte, to `<key>:corrupt` (same hash tag, same slot); then the key is made
+-- a readable dead letter: status, reason, and every count that was not one set to 0
+-- (the body and content type stay if they were there, so a replay after a repair
+-- can deliver it).
+local function bury_corrupt(dead, key, id, problem, now)
+  local reason = 'corrupt: ' .. problem
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'none' then
+    redis.call('COPY', key, key .. ':corrupt', 'REPLACE')
+    reason = reason .. '; as found at ' .. key .. ':corrupt'
+    if kind ~= 'hash' then redis.call('DEL', key) end
+  end
+  for name in pairs(COUNT_FIELDS) do
+    local value = redis.call('HGET', key, name)
+    if not (value and string.match(value, '^%d+$') and #value <= 15) then
+      redis.call('HSET', key, name, name == 'created_at' and now or 0)
+    end
+  end
+  redis.call('HSET', key, 'status', 'dead', 'last_error', reason, 'updated_at', now)
+  redis.call('ZADD', dead, now, id)
+end
