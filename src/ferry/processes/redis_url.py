@@ -8,7 +8,8 @@ from typing import TypeVar
 
 from ferry.processes.embedded import EmbeddedValkey, start_or_share
 from ferry.queue import Queue
-from ferry.queue.connection import UNAVAILABLE, connect
+from ferry.queue.connection import connect
+from ferry.queue.errors import RedisUnavailable, WritesRefused
 from ferry.settings import Settings
 
 T = TypeVar("T")
@@ -54,5 +55,7 @@ def run_on_queue(settings: Settings, operation: Callable[[Queue], Awaitable[T]])
 
     try:
         return asyncio.run(run())
-    except UNAVAILABLE as error:
+    except RedisUnavailable as error:
         raise NoRedis(f"Redis at {url} does not answer: {error}") from None
+    except WritesRefused as error:
+        raise NoRedis(f"Redis at {url} refuses writes: {error}") from None

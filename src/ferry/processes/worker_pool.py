@@ -16,7 +16,8 @@ from ferry.processes.autoscaler import AutoscalePolicy, Autoscaler
 from ferry.processes.redis_url import resolve_redis_url
 from ferry.processes.supervisor import ChildSpec, Supervisor, child_env, ferry_argv
 from ferry.queue import Queue
-from ferry.queue.connection import UNAVAILABLE, connect
+from ferry.queue.connection import connect
+from ferry.queue.errors import RedisBug, RedisFailure
 from ferry.settings import Settings, environment
 
 log = get_logger(__name__)
@@ -63,29 +64,47 @@ class WorkerPool:
 
 
 async def autoscale(pool: WorkerPool, redis: Redis, policy: AutoscalePolicy) -> None:
-    """Look at the queue every interval; change the worker count when the autoscaler says so."""
+    """Look at the queue every interval; change the worker count when the autoscaler says so.
+
+    No failure ends it: Redis away is logged and the next look tried; anything else
+    is logged with its traceback, and the autoscaler goes on with its next look.
+    """
     autoscaler = Autoscaler(policy)
     queue = Queue(redis)
     while True:
         await asyncio.sleep(policy.interval_seconds)
         try:
-            size = await queue.size()
-        except UNAVAILABLE as error:
-            log.warning("autoscaler cannot read the queue", error=str(error))
-            continue
-        pool.metrics.queue_size.set(size)
-        decision = autoscaler.observe(time.monotonic(), size, pool.size)
-        if decision is None:
-            continue
-        log.info(
-            "autoscaling",
-            direction=decision.direction,
-            workers_from=pool.size,
-            workers_to=decision.workers,
-            reason=decision.reason,
-        )
-        pool.metrics.decisions.labels(decision.direction, decision.kind).inc()
-        await pool.scale_to(decision.workers)
+            await _autoscale_once(pool, queue, autoscaler)
+        except RedisFailure as error:
+            if isinstance(error, RedisBug):
+                log.error("autoscaler cannot read the queue", error=str(error), exc_info=error)
+            else:
+                log.warning("autoscaler cannot read the queue", error=str(error))
+        except Exception as error:
+            log.error("autoscaler failed unexpectedly, going on", error=str(error), exc_info=error)
+
+
+async def _autoscale_once(pool: WorkerPool, queue: Queue, autoscaler: Autoscaler) -> None:
+    size = await queue.size()
+    pool.metrics.queue_size.set(size)
+    decision = autoscaler.observe(time.monotonic(), size, pool.size)
+    if decision is None:
+        return
+    log.info(
+        "autoscaling",
+        direction=decision.direction,
+        workers_from=pool.size,
+        workers_to=decision.workers,
+        reason=decision.reason,
+    )
+    pool.metrics.decisions.labels(decision.direction, decision.kind).inc()
+    await pool.scale_to(decision.workers)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A done callback: a background task that failed says so (nothing awaits it)."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("scaling failed", error=str(error), exc_info=error)
 
 
 def handle_scaling_signals(pool: WorkerPool) -> None:
@@ -94,7 +113,8 @@ def handle_scaling_signals(pool: WorkerPool) -> None:
 
     def resize(step: int) -> None:
         log.info("scaling by signal", workers_from=pool.size, workers_to=max(0, pool.size + step))
-        loop.create_task(pool.scale_to(pool.size + step))
+        resizing = loop.create_task(pool.scale_to(pool.size + step))
+        resizing.add_done_callback(_log_failure)
 
     loop.add_signal_handler(signal.SIGTTIN, resize, 1)
     loop.add_signal_handler(signal.SIGTTOU, resize, -1)

@@ -17,10 +17,9 @@ from starlette.responses import Response
 
 from ferry.logs import get_logger
 from ferry.proxy.auth import ApiKeys
-from ferry.proxy.errors import ErrorCode, documented, error_response, redis_unavailable
+from ferry.proxy.errors import ErrorCode, documented, error_response
 from ferry.proxy.schemas import DeadLetterPage, model_response
 from ferry.queue import Handled, Queue
-from ferry.queue.connection import UNAVAILABLE
 from ferry.settings import Settings
 from ferry.validation import one_line
 
@@ -81,6 +80,7 @@ REFUSALS = (
     ErrorCode.ADMIN_DISABLED,
     ErrorCode.INVALID_REQUEST,
     ErrorCode.REDIS_UNAVAILABLE,
+    ErrorCode.REDIS_REFUSING_WRITES,
 )
 # The proxy's document defines one bearer scheme; on these routes its token is an admin key.
 ADMIN_SECURITY: dict[str, Any] = {"security": [{"ApiKey": []}]}
@@ -145,11 +145,9 @@ def add_admin_routes(app: FastAPI, settings: Settings, queue: Queue, api_keys: A
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> Response:
-        try:
-            letters = await queue.dead_letters(limit, offset)
-            total = await queue.dead_size()
-        except UNAVAILABLE as error:
-            return redis_unavailable(str(error))
+        # A RedisFailure here, as on every route of the app, is answered by its handler.
+        letters = await queue.dead_letters(limit, offset)
+        total = await queue.dead_size()
         return model_response(DeadLetterPage.of(letters, total, limit, offset))
 
     @router.post(
@@ -162,10 +160,7 @@ def add_admin_routes(app: FastAPI, settings: Settings, queue: Queue, api_keys: A
     )
     async def replay_dead_letters(request: Request) -> Response:
         selection = await _selection(request)
-        try:
-            handled = await (queue.replay_all() if selection.all else queue.replay(selection.ids))
-        except UNAVAILABLE as error:
-            return redis_unavailable(str(error))
+        handled = await (queue.replay_all() if selection.all else queue.replay(selection.ids))
         _log("dead letters replayed", request, selection, handled)
         return model_response(Replayed(replayed=handled.count, not_dead=list(handled.not_dead)))
 
@@ -179,10 +174,7 @@ def add_admin_routes(app: FastAPI, settings: Settings, queue: Queue, api_keys: A
     )
     async def purge_dead_letters(request: Request) -> Response:
         selection = await _selection(request)
-        try:
-            handled = await queue.purge(None if selection.all else selection.ids)
-        except UNAVAILABLE as error:
-            return redis_unavailable(str(error))
+        handled = await queue.purge(None if selection.all else selection.ids)
         _log("dead letters purged", request, selection, handled)
         return model_response(Purged(purged=handled.count, not_dead=list(handled.not_dead)))
 

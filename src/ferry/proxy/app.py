@@ -27,6 +27,7 @@ from ferry.proxy.errors import (
     described,
     documented,
     error_response,
+    redis_failed,
     redis_unavailable,
 )
 from ferry.proxy.ingest import (
@@ -40,7 +41,8 @@ from ferry.proxy.ingest import (
 )
 from ferry.proxy.schemas import MessageStatusOut, json_response, model_response
 from ferry.queue import Queue
-from ferry.queue.connection import UNAVAILABLE, connect
+from ferry.queue.connection import connect, probe_writes
+from ferry.queue.errors import RedisBug, RedisFailure
 from ferry.settings import Settings
 from ferry.validation import one_line
 
@@ -73,7 +75,11 @@ class Dispatch:
             await self.fallback(scope, receive, send)
             return
         started = time.perf_counter()
-        response = await endpoint(header_map(scope), receive)
+        try:
+            response: Answer | Response = await endpoint(header_map(scope), receive)
+        except Exception as error:  # a bug: answered as FastAPI's routes answer one
+            log.error("unexpected error", path=scope["path"], exc_info=error)
+            response = error_response(ErrorCode.INTERNAL_ERROR, "see the proxy's log")
         await response(scope, receive, send)
         self.metrics.note(scope["method"], scope["path"], response.status_code, time.perf_counter() - started)
 
@@ -125,34 +131,43 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
         summary="A message's status",
         response_model=MessageStatusOut,
         response_description="where the message is",
-        responses=documented(ErrorCode.UNAUTHORIZED, ErrorCode.NOT_FOUND, ErrorCode.REDIS_UNAVAILABLE),
+        responses=documented(
+            ErrorCode.UNAUTHORIZED,
+            ErrorCode.NOT_FOUND,
+            ErrorCode.REDIS_UNAVAILABLE,
+            ErrorCode.REDIS_REFUSING_WRITES,
+        ),
         openapi_extra={"security": [{"ApiKey": []}]},
     )
     async def message_status(message_id: str, request: Request) -> Response:
         if api_keys.identify(request.headers.get("authorization")) is None:
             return error_response(ErrorCode.UNAUTHORIZED, "a valid API key is required")
-        try:
-            found = await queue.status(message_id)
-        except UNAVAILABLE as error:
-            return redis_unavailable(str(error))
+        found = await queue.status(message_id)  # a RedisFailure is answered by _redis_failure
         if found is None:
             return error_response(ErrorCode.NOT_FOUND, "no such message (or its status has expired)")
         return model_response(MessageStatusOut.of(found))
 
     @app.get(
         "/api/v1/health",
-        summary="200 when Redis answers, else 503 (for load balancers)",
-        responses=documented(ErrorCode.UNAUTHORIZED, ErrorCode.REDIS_UNAVAILABLE),
+        summary="200 when Redis answers and takes writes, else 503 (for load balancers)",
+        description=(
+            "Reads the queue's length and writes one short-lived key: a Redis that answers "
+            "but refuses writes (out of memory, cannot persist, a replica) is 503 "
+            "redis_refusing_writes with its reason."
+        ),
+        responses=documented(ErrorCode.UNAUTHORIZED, ErrorCode.REDIS_UNAVAILABLE, ErrorCode.REDIS_REFUSING_WRITES),
     )
     async def health(request: Request) -> Response:
         if (refused := guarded(request)) is not None:
             return refused
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
-                await queue.ping()
                 size = await queue.size()
-        except (*UNAVAILABLE, asyncio.TimeoutError) as error:
-            return redis_unavailable(f"redis does not answer: {error!s}")
+                await probe_writes(queue.redis, queue.keys.health)
+        except TimeoutError:
+            return redis_unavailable(f"redis does not answer within {HEALTH_TIMEOUT_SECONDS} s")
+        except RedisFailure as error:
+            return redis_failed(error, "redis does not answer: ")
         return json_response({"status": "ok", "redis": "up", "queue_size": size}, 200)
 
     @app.get(
@@ -166,13 +181,16 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
                 snapshot = await queue.snapshot()
-        except (*UNAVAILABLE, asyncio.TimeoutError):
+        except (RedisFailure, TimeoutError) as error:
+            if isinstance(error, RedisBug):
+                log.error("cannot read the queue's figures", error=str(error), exc_info=error)
             snapshot = None  # the request counters still tell the story
         return Response(metrics.render(snapshot), media_type="text/plain; version=0.0.4")
 
     add_admin_routes(app, settings, queue, api_keys)
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RedisFailure, _redis_failure)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     fast: dict[tuple[str, str], FastEndpoint] = {("POST", MESSAGES): ingest.message, ("POST", BATCH): ingest.batch}
@@ -188,6 +206,11 @@ async def _http_error(request: Request, error: HTTPException) -> Response:
 
 async def _validation_error(request: Request, error: RequestValidationError) -> Response:
     return error_response(ErrorCode.INVALID_REQUEST, one_line(error))
+
+
+async def _redis_failure(request: Request, error: RedisFailure) -> Response:
+    """Every FastAPI route's Redis failure: 503 (unavailable, refusing writes) or 500 (a bug)."""
+    return redis_failed(error)
 
 
 async def _internal_error(request: Request, error: Exception) -> Response:
@@ -250,6 +273,7 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
         ErrorCode.RATE_LIMITED,
         ErrorCode.QUEUE_FULL,
         ErrorCode.REDIS_UNAVAILABLE,
+        ErrorCode.REDIS_REFUSING_WRITES,
     )
     schema["paths"][MESSAGES] = {
         "post": {

@@ -10,6 +10,11 @@ import orjson
 from pydantic import BaseModel
 from starlette.responses import Response
 
+from ferry.logs import get_logger
+from ferry.queue.errors import RedisFailure, RedisUnavailable, WritesRefused
+
+log = get_logger(__name__)
+
 
 class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"  # 401: no key, or not one of ours (nothing more is said)
@@ -25,6 +30,7 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"  # 500: a bug in ferry (the proxy's log says which)
     QUEUE_FULL = "queue_full"  # 503: past FERRY_MAX_QUEUE_SIZE
     REDIS_UNAVAILABLE = "redis_unavailable"  # 503: not confirmed stored (if Redis died mid-call, it may be)
+    REDIS_REFUSING_WRITES = "redis_refusing_writes"  # 503: Redis answers but stores nothing (OOM, MISCONF, READONLY)
 
 
 STATUS = {
@@ -41,6 +47,7 @@ STATUS = {
     ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.QUEUE_FULL: 503,
     ErrorCode.REDIS_UNAVAILABLE: 503,
+    ErrorCode.REDIS_REFUSING_WRITES: 503,
 }
 
 # How long to tell a client to wait when ferry cannot take its request now.
@@ -77,6 +84,26 @@ def error_response(
 def redis_unavailable(detail: str) -> Response:
     """503 with Retry-After: Redis did not answer (every route says so the same way)."""
     return error_response(ErrorCode.REDIS_UNAVAILABLE, detail, REDIS_RETRY_AFTER_SECONDS)
+
+
+def redis_failed(error: RedisFailure, unavailable_detail: str = "") -> Response:
+    """The answer when Redis did not do what a route asked, by what kind of failure it was.
+
+    Unreachable: 503 redis_unavailable. Answering but refusing to store: 503
+    redis_refusing_writes, with Redis's reason. Both with Retry-After. Anything
+    else is a bug (in ferry, or data not ferry's): 500 internal_error, logged with
+    its traceback.
+    """
+    if isinstance(error, RedisUnavailable):
+        return redis_unavailable(f"{unavailable_detail}{error}")
+    if isinstance(error, WritesRefused):
+        return error_response(
+            ErrorCode.REDIS_REFUSING_WRITES,
+            f"Redis refuses writes, nothing was stored: {error}",
+            REDIS_RETRY_AFTER_SECONDS,
+        )
+    log.error("unexpected answer from redis", error=str(error), exc_info=error)
+    return error_response(ErrorCode.INTERNAL_ERROR, "see the proxy's log")
 
 
 def described(*codes: ErrorCode) -> dict[int, str]:

@@ -26,11 +26,11 @@ from ferry.proxy.errors import (
     FULL_RETRY_AFTER_SECONDS,
     ErrorCode,
     error_response,
-    redis_unavailable,
+    redis_failed,
 )
-from ferry.queue import Enqueued, Limits, Queue
+from ferry.queue import Enqueued, Limits, NotDurable, Queue
 from ferry.queue.batching import Coalescer
-from ferry.queue.connection import UNAVAILABLE
+from ferry.queue.errors import RedisFailure, RedisUnavailable
 from ferry.queue.message import NewMessage, new_message_id
 from ferry.settings import Settings
 from ferry.validation import one_line
@@ -180,9 +180,12 @@ class Ingest:
         self.enqueuer: Coalescer[NewMessage, Enqueued] = Coalescer(self._store)
 
     async def _store(self, messages: list[NewMessage], all_or_nothing: bool = False) -> list[Enqueued]:
-        return await self.queue.enqueue(
-            messages, self.limits, all_or_nothing=all_or_nothing, fsync=self.strict
-        )
+        try:
+            return await self.queue.enqueue(
+                messages, self.limits, all_or_nothing=all_or_nothing, fsync=self.strict
+            )
+        except NotDurable as error:  # stored, but the fsync was not confirmed
+            raise RedisUnavailable(str(error)) from error
 
     async def message(self, headers: dict[str, str], receive: Receive) -> Answer:
         """POST /api/v1/messages."""
@@ -207,8 +210,8 @@ class Ingest:
         )
         try:
             result = await self.enqueuer.submit(message)
-        except UNAVAILABLE as error:
-            return unavailable(error)
+        except RedisFailure as error:
+            return not_stored(error)
         return self._answer_one(result)
 
     def _answer_one(self, result: Enqueued) -> Answer:
@@ -243,8 +246,8 @@ class Ingest:
             return error_response(ErrorCode.INVALID_REQUEST, one_line(error))
         try:
             results = await self._store(messages, all_or_nothing=True)
-        except UNAVAILABLE as error:
-            return unavailable(error)
+        except RedisFailure as error:
+            return not_stored(error)
         refused = next((result for result in results if result.outcome in ("full", "limited")), None)
         if refused is not None:
             return refusal(refused)
@@ -278,7 +281,7 @@ def refusal(result: Enqueued) -> Response:
     )
 
 
-def unavailable(error: BaseException) -> Response:
-    return redis_unavailable(
-        f"Redis did not confirm the message; send it again (with an Idempotency-Key, safely): {error}"
+def not_stored(error: RedisFailure) -> Response:
+    return redis_failed(
+        error, "Redis did not confirm the message; send it again (with an Idempotency-Key, safely): "
     )

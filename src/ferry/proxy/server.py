@@ -16,12 +16,12 @@ from ferry.logs import configure, get_logger
 from ferry.processes.redis_url import resolve_redis_url
 from ferry.proxy.auth import ApiKeys, NoApiKeys
 from ferry.queue.connection import (
-    UNAVAILABLE,
     UnsafeRedis,
     check_server,
     check_strict_durability,
     connect,
 )
+from ferry.queue.errors import RedisUnavailable, WritesRefused
 from ferry.settings import Settings, environment, load_settings
 
 log = get_logger(__name__)
@@ -71,8 +71,11 @@ async def check_redis(settings: Settings, redis_url: str) -> None:
         check = await check_server(redis, settings.allow_evicting_redis)
         if settings.durability == "strict":
             await check_strict_durability(redis)
-    except UNAVAILABLE as error:
+    except RedisUnavailable as error:
         log.warning("redis unavailable at start: answering 503 until it is back", error=str(error))
+        return
+    except WritesRefused as error:
+        log.warning("redis refuses writes at start: answering 503 until it takes them", error=str(error))
         return
     except UnsafeRedis as error:
         raise ProxyRefused(str(error)) from None

@@ -2,29 +2,86 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import Connection, ConnectionPool, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
 
 from ferry.adapters.redis import hiredis_packed
-
-# Redis errors that mean "not reachable right now": wait and try again, never give up.
-UNAVAILABLE = (ConnectionError, TimeoutError, OSError)
+from ferry.queue.errors import RedisBug, translate
+from ferry.queue.message import now_ms
 
 # Blocking reads (BLMOVE) wait at most this long, well under the socket timeout.
 SOCKET_TIMEOUT_SECONDS = 10.0
+# How long the key that `probe_writes` sets lives.
+PROBE_TTL_MS = 10_000
 
 
-def connect(url: str, retries: int = 3) -> Redis:
+class FerryRedis(Redis):
+    """redis-py's client, raising only ferry's kinds of error (`ferry.queue.errors`).
+
+    Translated once, here, after redis-py's own retries on a dropped connection;
+    the original exception is the translation's `__cause__`. One exception passes
+    through: NOSCRIPT from EVALSHA, which redis-py's script objects catch to load
+    the script and run it again (`FerryScript` translates it if that fails too).
+    """
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        except NoScriptError:
+            if args and str(args[0]).upper() == "EVALSHA":
+                raise
+            raise translate(NoScriptError()) from None
+        except Exception as error:
+            raise translate(error) from error
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> FerryPipeline:
+        return FerryPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+    def register_script(self, script: str | bytes) -> FerryScript:  # type: ignore[override]
+        return FerryScript(self, script)
+
+
+class FerryPipeline(Pipeline):
+    """A pipeline whose errors, raised or (raise_on_error=False) returned, are ferry's kinds."""
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        try:
+            replies = await super().execute(raise_on_error)
+        except Exception as error:
+            raise translate(error) from error
+        return [translate(reply) if isinstance(reply, Exception) else reply for reply in replies]
+
+
+class FerryScript(AsyncScript):
+    """A Lua script whose NOSCRIPT, if loading it did not help, is translated too."""
+
+    async def __call__(
+        self,
+        keys: Sequence[Any] | None = None,
+        args: Iterable[Any] | None = None,
+        client: Redis | None = None,
+    ) -> Any:
+        try:
+            return await super().__call__(keys, args, client)
+        except NoScriptError as error:  # flushed again between SCRIPT LOAD and EVALSHA
+            raise translate(error) from error
+
+
+def connect(url: str, retries: int = 3) -> FerryRedis:
     """A client that retries a failed command a few times with jittered backoff.
 
-    Longer outages surface as errors: workers keep retrying them, the proxy
-    (retries=1) answers 503 at once rather than keep its clients waiting.
+    Longer outages surface as errors, ferry's own kinds (`ferry.queue.errors`):
+    workers keep retrying them, the proxy (retries=1) answers 503 at once rather
+    than keep its clients waiting.
     """
     options: dict[str, Any] = {
         "socket_timeout": SOCKET_TIMEOUT_SECONDS,
@@ -37,7 +94,7 @@ def connect(url: str, retries: int = 3) -> Redis:
         options["socket_keepalive"] = True
     options.update(parse_url(url))  # as Redis.from_url: the URL's own options win
     options["connection_class"] = hiredis_packed(options.get("connection_class", Connection))
-    return Redis.from_pool(ConnectionPool(**options))
+    return cast(FerryRedis, FerryRedis.from_pool(ConnectionPool(**options)))
 
 
 class UnsafeRedis(Exception):
@@ -58,7 +115,7 @@ async def check_server(redis: Redis, allow_eviction: bool) -> ServerCheck:
         config = await redis.config_get("maxmemory-policy")
         config.update(await redis.config_get("appendonly"))
         config.update(await redis.config_get("save"))
-    except ResponseError:
+    except RedisBug:
         # Managed services often disable CONFIG; ferry cannot tell, so it says so.
         check.warnings.append("cannot read the server's CONFIG: check that maxmemory-policy is noeviction")
         return check
@@ -89,10 +146,19 @@ async def check_strict_durability(redis: Redis) -> None:
     """Strict mode fsyncs every acknowledged message with WAITAOF (Redis 7.2+, Valkey)."""
     try:
         await redis.execute_command("WAITAOF", 1, 0, 100)  # type: ignore[no-untyped-call]
-    except ResponseError as error:
+    except RedisBug as error:  # an unknown command, or no append-only file
         raise StrictDurabilityUnsupported(
             f"FERRY_DURABILITY=strict needs WAITAOF with appendonly yes (Redis 7.2+ or Valkey): {error}"
         ) from None
+
+
+async def probe_writes(redis: Redis, key: str) -> None:
+    """A tiny write that the server refuses when it would refuse a message.
+
+    PING succeeds on a server out of memory or on a replica: only a write tells.
+    Raises WritesRefused (OOM, MISCONF, READONLY, NOREPLICAS) or RedisUnavailable.
+    """
+    await redis.set(key, now_ms(), px=PROBE_TTL_MS)
 
 
 def _text(value: bytes | str) -> str:

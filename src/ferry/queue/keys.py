@@ -67,6 +67,11 @@ class Keys:
         """Set of worker ids that may hold in-flight lists (what the reaper scans)."""
         return f"{self.tag}:workers"
 
+    @property
+    def health(self) -> str:
+        """A short-lived string the proxy's health route writes: does Redis take writes?"""
+        return f"{self.tag}:health"
+
     def message(self, message_id: str) -> str:
         return self.message_prefix + message_id
 

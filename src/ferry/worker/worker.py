@@ -28,7 +28,8 @@ from ferry.metrics import WorkerMetrics
 from ferry.processes.redis_url import resolve_redis_url
 from ferry.queue import Fenced, Queue
 from ferry.queue.batching import Coalescer
-from ferry.queue.connection import UNAVAILABLE, UnsafeRedis, check_server, connect
+from ferry.queue.connection import UnsafeRedis, check_server, connect
+from ferry.queue.errors import RedisFailure, RedisUnavailable, WritesRefused
 from ferry.queue.message import Message, now_ms
 from ferry.settings import Settings
 from ferry.worker.delivery import Deliverer, Outcome, Verdict
@@ -44,18 +45,27 @@ PROMOTE_EVERY_SECONDS = 0.5
 # Reconnect backoff while Redis is away: from the first value, doubling to the cap.
 RECONNECT_FIRST_SECONDS = 0.1
 RECONNECT_CAP_SECONDS = 5.0
+# What the worker waits out, with that backoff: Redis away, or answering but refusing
+# to store (OOM, MISCONF, READONLY). Any other failure is a bug, or data not ferry's.
+WAIT_OUT = (RedisUnavailable, WritesRefused)
 
 
 class RedisAway:
-    """Backs off while Redis is unreachable, and logs the outage once, not per try."""
+    """Backs off while Redis is unreachable or refuses writes, and logs each outage once, not per try."""
 
     def __init__(self, metrics: WorkerMetrics) -> None:
         self.metrics = metrics
         self.failures = 0
+        self._refusing = False  # whether the outage logged last was a refusal to write
 
-    async def wait(self, error: BaseException) -> None:
-        if self.failures == 0:
-            log.warning("redis unavailable, retrying", error=str(error))
+    async def wait(self, error: RedisFailure) -> None:
+        refusing = isinstance(error, WritesRefused)
+        if self.failures == 0 or refusing != self._refusing:
+            if refusing:
+                log.warning("redis refuses writes, retrying", error=str(error))
+            else:
+                log.warning("redis unavailable, retrying", error=str(error))
+            self._refusing = refusing
         self.failures += 1
         self.metrics.redis_up.set(0)
         delay = min(RECONNECT_CAP_SECONDS, RECONNECT_FIRST_SECONDS * 2 ** min(self.failures, 10))
@@ -68,11 +78,11 @@ class RedisAway:
         self.metrics.redis_up.set(1)
 
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run `operation` until Redis answers it."""
+        """Run `operation` until Redis answers it and takes its writes."""
         while True:
             try:
                 result = await operation()
-            except UNAVAILABLE as error:
+            except WAIT_OUT as error:
                 await self.wait(error)
             else:
                 self.ok()
@@ -196,7 +206,7 @@ class Worker:
                     reaped = await self.queue.reap(self.settings.max_returns)
                     self._log_reaped(reaped.returned, reaped.buried)
                     next_reap = time.monotonic() + self.settings.lease_seconds * random.uniform(0.4, 0.6)
-            except UNAVAILABLE as error:
+            except WAIT_OUT as error:
                 await self.redis_away.wait(error)
 
     def _log_reaped(self, returned: int, buried: int) -> None:
@@ -229,7 +239,7 @@ class Worker:
             except Fenced:
                 await self._rejoin()
                 continue
-            except UNAVAILABLE as error:
+            except WAIT_OUT as error:
                 self._next_stray_check = 0.0  # its reply may be lost, not the claim
                 await self.redis_away.wait(error)
                 continue
