@@ -50,7 +50,7 @@ class WorkerMetrics:
         self._dead = counter("worker_messages_dead", "Messages moved to the dead-letter list.")
         self._returned = counter("worker_messages_returned", "Messages this worker took back from dead workers.")
         self._active = Gauge("worker_active_tasks", "Deliveries in progress.", labels, registry=self.registry)
-        self._redis_up = Gauge("worker_redis_up", "1 while Redis answers this worker.", labels, registry=self.registry)
+        self._redis_up = Gauge("worker_redis_up", "1 while Redis answers this worker and takes its writes.", labels, registry=self.registry)
         self._delivery = Histogram(
             "worker_delivery_duration_seconds",
             "Time of one HTTP delivery attempt to the main server.",
@@ -141,15 +141,19 @@ class ProxyMetrics:
             self._accepted = 0
 
     async def flush_every_interval(self) -> None:
+        """Flush every `FLUSH_SECONDS` until cancelled, and once more then."""
         try:
             while True:
                 await asyncio.sleep(self.FLUSH_SECONDS)
-                try:
-                    self.flush()
-                except Exception:  # a failed write must not end the flushing for good
-                    log.exception("writing the request metrics failed")
+                self._flush_or_log()
         finally:
+            self._flush_or_log()
+
+    def _flush_or_log(self) -> None:
+        try:
             self.flush()
+        except Exception:  # a failed write must not end the flushing for good, nor pass unsaid
+            log.exception("writing the request metrics failed")
 
     def render(self, snapshot: Snapshot | None) -> bytes:
         """Prometheus text: every process's counters, and the queue as Redis says it is now."""

@@ -48,6 +48,16 @@ RECONNECT_CAP_SECONDS = 5.0
 # What the worker waits out, with that backoff: Redis away, or answering but refusing
 # to store (OOM, MISCONF, READONLY). Any other failure is a bug, or data not ferry's.
 WAIT_OUT = (RedisUnavailable, WritesRefused)
+# A long-lived task (fetch, lease, maintenance) that fails otherwise is logged and
+# restarted, backing off from the first value to the cap; failing this many times
+# within the window, it stops the worker, which exits 1 for its supervisor to restart.
+RESTART_FIRST_SECONDS = 0.1
+RESTART_CAP_SECONDS = 5.0
+MOST_TASK_FAILURES = 5
+TASK_FAILURE_WINDOW_SECONDS = 60.0
+# A delivery starts only while more than this share of the lease is left: a worker
+# whose renewals fail stops well before others may take back what it holds.
+LEASE_LEFT_TO_DELIVER = 1 / 3
 
 
 class RedisAway:
@@ -107,6 +117,11 @@ class Worker:
         self.waiting: deque[Message] = deque()  # claimed ahead, not yet being delivered
         self.held: set[str] = set()  # ids claimed and not yet settled (waiting or delivering)
         self._next_stray_check = 0.0  # monotonic time; 0: at the next fetch
+        # When the last heartbeat that held the lease was sent (monotonic): the lease
+        # runs out no sooner than a lease after it.
+        self._renewed_at: float | None = None
+        self._lease_overdue = False  # deliveries held back until a renewal holds
+        self.failed_task: str | None = None  # a task that kept failing: the worker exits 1
         # Loops end on these flags, not on cancellation alone: a Redis client that
         # swallows a CancelledError must not keep a stopping worker fetching.
         self._stopping = asyncio.Event()  # no more fetching
@@ -125,10 +140,10 @@ class Worker:
         if not await self._take_lease():
             return
         background = [
-            asyncio.create_task(self._keep_lease(), name="lease"),
-            asyncio.create_task(self._maintain(), name="maintenance"),
+            asyncio.create_task(self._supervised("lease", self._keep_lease), name="lease"),
+            asyncio.create_task(self._supervised("maintenance", self._maintain), name="maintenance"),
         ]
-        fetching = asyncio.create_task(self._fetch(), name="fetch")
+        fetching = asyncio.create_task(self._supervised("fetch", self._fetch), name="fetch")
         await self._stopping.wait()
         log.info("stopping", in_flight=len(self.deliveries), grace_seconds=self.settings.shutdown_grace_seconds)
         fetching.cancel()
@@ -139,6 +154,47 @@ class Worker:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await self._give_back()
+
+    async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run one of the worker's long-lived loops until it ends; restart it if it fails.
+
+        The loops wait out Redis being away or refusing writes themselves; whatever
+        else reaches here is unexpected: logged with its traceback, and the loop is
+        started again after a backoff. A loop that keeps failing stops the worker
+        (it finishes its deliveries and gives back what it holds), which exits 1.
+        """
+        failures: deque[float] = deque()
+        while True:
+            try:
+                await loop()
+                return
+            except Exception as error:
+                now = time.monotonic()
+                failures.append(now)
+                while failures[0] < now - TASK_FAILURE_WINDOW_SECONDS:
+                    failures.popleft()
+                if len(failures) >= MOST_TASK_FAILURES:
+                    log.critical(
+                        "worker task keeps failing, stopping the worker",
+                        task=name,
+                        failures=len(failures),
+                        window_seconds=TASK_FAILURE_WINDOW_SECONDS,
+                        error=str(error),
+                        exc_info=error,
+                    )
+                    self.failed_task = name
+                    if not self._stopping.is_set():
+                        self.stop()
+                    return
+                delay = min(RESTART_CAP_SECONDS, RESTART_FIRST_SECONDS * 2 ** (len(failures) - 1))
+                log.error(
+                    "worker task failed unexpectedly, restarting",
+                    task=name,
+                    error=str(error),
+                    restart_in_seconds=round(delay, 3),
+                    exc_info=error,
+                )
+                await asyncio.sleep(delay)
 
     async def _take_lease(self) -> bool:
         """Wait until no live process holds this worker id, then take it.
@@ -161,9 +217,7 @@ class Worker:
         await self.redis_away.call(lambda: self.queue.drop_lease(self.worker_id))
         reaped = await self.redis_away.call(lambda: self.queue.reap(self.settings.max_returns))
         self._log_reaped(reaped.returned, reaped.buried)
-        await self.redis_away.call(
-            lambda: self.queue.heartbeat(self.worker_id, self.holder, self.settings.lease_seconds, take=True)
-        )
+        await self._heartbeat(take=True)
         log.info("worker started", concurrency=self.settings.worker_concurrency, lease_holder=self.holder)
         return True
 
@@ -172,9 +226,7 @@ class Worker:
         id), so it forgets what it claimed ahead and takes the lease anew, as a new holder.
         Deliveries under way finish; their acks are still recorded (see ack.lua)."""
         async with self._rejoining:
-            if await self.redis_away.call(
-                lambda: self.queue.heartbeat(self.worker_id, self.holder, self.settings.lease_seconds)
-            ):
+            if await self._heartbeat():
                 return  # another task rejoined already
             log.warning("fenced off: the lease lapsed and what this worker held was given back")
             for message in self.waiting:
@@ -187,11 +239,45 @@ class Worker:
         # A third of the lease: two renewals may fail before others take our messages.
         while not self._closing.is_set():
             await asyncio.sleep(self.settings.lease_seconds / 3)
-            held = await self.redis_away.call(
-                lambda: self.queue.heartbeat(self.worker_id, self.holder, self.settings.lease_seconds)
-            )
-            if not held:
+            if not await self._heartbeat():
                 await self._rejoin()
+
+    async def _heartbeat(self, *, take: bool = False) -> bool:
+        """Renew the lease (or take it), waiting out Redis; whether this holder holds it."""
+        sent = time.monotonic()
+
+        async def beat() -> bool:
+            nonlocal sent
+            sent = time.monotonic()
+            return await self.queue.heartbeat(self.worker_id, self.holder, self.settings.lease_seconds, take=take)
+
+        held = await self.redis_away.call(beat)
+        if held:
+            self._lease_renewed(sent)
+        return held
+
+    def _lease_renewed(self, sent: float) -> None:
+        self._renewed_at = sent
+        if self._lease_overdue:
+            self._lease_overdue = False
+            log.info("lease renewed, starting deliveries again")
+            if not self._stopping.is_set():
+                self._start_waiting()
+            self._room.set()
+
+    def _lease_allows_deliveries(self) -> bool:
+        """Whether more than `LEASE_LEFT_TO_DELIVER` of the lease is left to start a delivery in."""
+        lease = self.settings.lease_seconds
+        left = -1.0 if self._renewed_at is None else self._renewed_at + lease - time.monotonic()
+        if left > lease * LEASE_LEFT_TO_DELIVER:
+            return True
+        if not self._lease_overdue:
+            self._lease_overdue = True
+            log.warning(
+                "lease renewal overdue, starting no deliveries until one succeeds",
+                lease_left_seconds=round(max(0.0, left), 3),
+            )
+        return False
 
     async def _maintain(self) -> None:
         """Promote due retries often; reap dead workers every half lease, jittered."""
@@ -223,13 +309,18 @@ class Worker:
         """
         concurrency = self.settings.worker_concurrency
         most_held = 2 * concurrency
+        self._next_stray_check = 0.0  # restarted after a failed claim: its reply may be lost
         while not self._stopping.is_set():
             room = most_held - len(self.deliveries) - len(self.waiting)
             # Claim in batches (a claim costs one round trip whatever its size),
-            # but never let a free slot wait for one.
-            if room <= 0 or (room < concurrency and len(self.deliveries) == concurrency):
+            # but never let a free slot wait for one; and nothing while the lease may lapse.
+            if (
+                room <= 0
+                or (room < concurrency and len(self.deliveries) == concurrency)
+                or not self._lease_allows_deliveries()
+            ):
                 self._room.clear()
-                await self._room.wait()
+                await self._room.wait()  # a delivery ended, or the lease was renewed
                 continue
             try:
                 await self._return_strays()
@@ -267,7 +358,11 @@ class Worker:
             log.warning("gave back messages claimed with a lost reply", count=returned)
 
     def _start_waiting(self) -> None:
-        while self.waiting and len(self.deliveries) < self.settings.worker_concurrency:
+        while (
+            self.waiting
+            and len(self.deliveries) < self.settings.worker_concurrency
+            and self._lease_allows_deliveries()
+        ):
             task = asyncio.create_task(self._process(self.waiting.popleft()))
             self.deliveries.add(task)
             task.add_done_callback(self._delivery_done)
@@ -278,6 +373,8 @@ class Worker:
             self._start_waiting()
         self._room.set()
         if not task.cancelled() and task.exception() is not None:
+            # Its id is no longer held: the next fetch gives it back to the queue.
+            self._next_stray_check = 0.0
             log.error("delivery task failed", exc_info=task.exception())
 
     async def _process(self, message: Message) -> None:
@@ -354,6 +451,9 @@ class Worker:
         except Fenced:
             log.warning("fenced off at shutdown: what this worker held was given back already")
             return
+        except Exception as error:
+            log.error("cannot give back at shutdown: the lease will return held messages", exc_info=error)
+            return
         log.info("worker stopped", given_back=released)
 
 
@@ -411,20 +511,24 @@ async def serve(settings: Settings, redis_url: str) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, worker.stop)
         loop.add_signal_handler(signal.SIGINT, worker.stop)
-        await worker.redis_away.call(queue.ping)  # started before Redis: wait for it
         try:
-            check = await check_server(redis, settings.allow_evicting_redis)
+            await worker.redis_away.call(queue.ping)  # started before Redis: wait for it
+            check = await worker.redis_away.call(lambda: check_server(redis, settings.allow_evicting_redis))
+            for warning in check.warnings:
+                log.warning("redis setup", problem=warning)
+            if upgraded := await worker.redis_away.call(queue.upgrade):
+                log.info("moved an older ferry's dead letters into the current layout", count=upgraded)
+            await worker.run()
         except UnsafeRedis as error:
             log.error("refusing this redis", reason=str(error))
             await redis.aclose()
             return 2
-        for warning in check.warnings:
-            log.warning("redis setup", problem=warning)
-        if upgraded := await worker.redis_away.call(queue.upgrade):
-            log.info("moved an older ferry's dead letters into the current layout", count=upgraded)
-        await worker.run()
+        except Exception as error:  # a RedisBug while starting: exit, for a supervisor to retry
+            log.critical("worker failed", error=str(error), exc_info=error)
+            await redis.aclose()
+            return 1
     await redis.aclose()
-    return 0
+    return 1 if worker.failed_task else 0
 
 
 def run_worker(settings: Settings) -> int:
