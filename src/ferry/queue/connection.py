@@ -36,10 +36,10 @@ class FerryRedis(Redis):
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         try:
             return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
-        except NoScriptError:
+        except NoScriptError as error:
             if args and str(args[0]).upper() == "EVALSHA":
-                raise
-            raise translate(NoScriptError()) from None
+                raise  # to AsyncScript.__call__, which loads the script and runs it again
+            raise translate(error) from error
         except Exception as error:
             raise translate(error) from error
 
