@@ -91,8 +91,10 @@ def test_a_worker_under_load_outlives_redis_refusing_writes(
     assert queue_length(own_redis.url) == 0
     refusals = logged(worker, "redis refuses writes, retrying")
     assert refusals and all(REASON[how] in line["error"] for line in refusals), refusals
-    assert len(refusals) <= 3  # once per outage (each task may see it first), not once per try
-    assert logged(worker, "redis reachable again")
+    back = logged(worker, "redis reachable again")
+    # Once per outage as the worker sees it (a call that wrote nothing may succeed
+    # meanwhile and end it early), never once per try.
+    assert back and len(refusals) <= 1 + len(back) < sum(line["failed_tries"] for line in back)
     assert worker.process is not None and worker.process.poll() is None
 
 
@@ -315,8 +317,10 @@ def test_a_worker_whose_lease_cannot_be_renewed_starts_no_delivery_that_could_ou
     wait_until(lambda: not client(redis_url).exists(heartbeat), timeout=10)  # the lease has lapsed
     renewed_at = renewed[-1]
     assert sink.stats()["unique"] < len(ids)  # work was left: the lease, not the queue, stopped it
-    latest_start = renewed_at + lease * (1 - LEASE_LEFT_TO_DELIVER)
-    assert max(started) <= latest_start + 0.05, (max(started) - renewed_at, lease)
+    # None began once the lease may have lapsed, nor (give or take a turn of the
+    # worker's event loop) in its last third.
+    assert max(started) < renewed_at + lease, (max(started) - renewed_at, lease)
+    assert max(started) <= renewed_at + lease * (1 - LEASE_LEFT_TO_DELIVER) + 0.2, (max(started) - renewed_at, lease)
     assert events(logs, "lease renewal overdue, starting no deliveries until one succeeds")
 
     heartbeats_fail.clear()
