@@ -28,9 +28,9 @@ from ferry.proxy.errors import (
     error_response,
     redis_failed,
 )
-from ferry.queue import Enqueued, Limits, NotDurable, Queue
+from ferry.queue import Enqueued, Limits, Queue
 from ferry.queue.batching import Coalescer
-from ferry.queue.errors import RedisFailure, RedisUnavailable
+from ferry.queue.errors import RedisFailure
 from ferry.queue.message import NewMessage, new_message_id
 from ferry.settings import Settings
 from ferry.validation import one_line
@@ -48,6 +48,20 @@ class MessageAccepted(BaseModel):
 
     id: str
     status: Literal["queued", "existing"]
+    message_status: Literal["queued", "delivering", "retrying", "delivered", "dead", "gone"] | None = Field(
+        None,
+        description=(
+            "With `existing`: where the first message is now. `dead` or `gone` (purged, or its "
+            "status expired) means it will not be delivered: send it with a new Idempotency-Key."
+        ),
+    )
+
+
+def accepted(result: Enqueued) -> dict[str, str]:
+    """One message's answer; a repeated key says where its first message is now."""
+    if result.outcome == "existing":
+        return {"id": result.id, "status": "existing", "message_status": result.status or "gone"}
+    return {"id": result.id, "status": result.outcome}
 
 
 class BatchItem(BaseModel):
@@ -180,12 +194,7 @@ class Ingest:
         self.enqueuer: Coalescer[NewMessage, Enqueued] = Coalescer(self._store)
 
     async def _store(self, messages: list[NewMessage], all_or_nothing: bool = False) -> list[Enqueued]:
-        try:
-            return await self.queue.enqueue(
-                messages, self.limits, all_or_nothing=all_or_nothing, fsync=self.strict
-            )
-        except NotDurable as error:  # stored, but the fsync was not confirmed
-            raise RedisUnavailable(str(error)) from error
+        return await self.queue.enqueue(messages, self.limits, all_or_nothing=all_or_nothing, fsync=self.strict)
 
     async def message(self, headers: dict[str, str], receive: Receive) -> Answer:
         """POST /api/v1/messages."""
@@ -219,7 +228,7 @@ class Ingest:
             self.metrics.note_accepted(1)
             return JsonAnswer({"id": result.id, "status": "queued"}, 202)
         if result.outcome == "existing":
-            return JsonAnswer({"id": result.id, "status": "existing"}, 200)
+            return JsonAnswer(accepted(result), 200)
         return refusal(result)
 
     async def batch(self, headers: dict[str, str], receive: Receive) -> Answer:
@@ -253,7 +262,7 @@ class Ingest:
             return refusal(refused)
         queued = sum(result.outcome == "queued" for result in results)
         self.metrics.note_accepted(queued)
-        answer = [{"id": result.id, "status": result.outcome} for result in results]
+        answer = [accepted(result) for result in results]
         return JsonAnswer({"messages": answer}, 202)
 
     def _batch_messages(self, raw: bytes, key_id: str) -> list[NewMessage]:

@@ -16,8 +16,8 @@ from typing import Literal
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError
 
+from ferry.queue.errors import RedisUnavailable
 from ferry.queue.keys import Keys
 from ferry.queue.message import DeadLetter, Message, MessageStatus, NewMessage, id_time_ms, now_ms
 
@@ -31,12 +31,12 @@ SCRIPT_CHUNK = 200
 DEAD_LETTER_FIELDS = ("attempts", "returns", "last_error", "created_at", "updated_at")
 
 
-class NotDurable(ConnectionError):
-    """Strict durability: Redis stored the message but did not fsync it in time.
+class NotDurable(RedisUnavailable):
+    """Strict durability: Redis stored the message but did not confirm its fsync in time.
 
-    A ConnectionError, so callers treat it as Redis being unavailable: no 202.
+    Redis being unavailable, to every caller: no 202 (a resend with its
+    Idempotency-Key is safe).
     """
-
 
 
 class Fenced(Exception):
