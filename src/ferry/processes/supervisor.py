@@ -107,15 +107,31 @@ class Supervisor:
             if child.state is not State.RUNNING:
                 log.info("stopped", child=child.spec.name, exit_code=code)
                 return
+            if not await self._restart(child, code):
+                return
+
+    async def _restart(self, child: Child, code: int) -> bool:
+        """Start a crashed child again after its backoff; False once given up, or stopping.
+
+        A start that fails (no such program, out of descriptors) counts as a crash, so
+        it backs off and is given up on like one, never ending the watch in silence.
+        """
+        while True:
             delay = self._crashed(child, code)
             if delay is None:
-                return
+                return False
             await asyncio.sleep(delay)
             if child.state is not State.RUNNING:
-                return
-            await self._spawn(child)
+                return False
+            try:
+                await self._spawn(child)
+            except OSError as error:
+                log.error("cannot start it again", child=child.spec.name, error=str(error))
+                code = -1
+                continue
             if self.on_restart is not None:
                 self.on_restart(child.spec.name)
+            return True
 
     def _crashed(self, child: Child, code: int) -> float | None:
         """Note a crash; the delay before restarting, or None when giving up."""

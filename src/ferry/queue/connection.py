@@ -2,78 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import Connection, ConnectionPool, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
+from redis.exceptions import ConnectionError, TimeoutError
 
-from ferry.adapters.redis import hiredis_packed
-from ferry.queue.errors import RedisBug, translate
+from ferry.adapters.redis import FerryRedis, hiredis_packed
+from ferry.queue.errors import RedisBug
 from ferry.queue.message import now_ms
 
 # Blocking reads (BLMOVE) wait at most this long, well under the socket timeout.
 SOCKET_TIMEOUT_SECONDS = 10.0
 # How long the key that `probe_writes` sets lives.
 PROBE_TTL_MS = 10_000
-
-
-class FerryRedis(Redis):
-    """redis-py's client, raising only ferry's kinds of error (`ferry.queue.errors`).
-
-    Translated once, here, after redis-py's own retries on a dropped connection;
-    the original exception is the translation's `__cause__`. One exception passes
-    through: NOSCRIPT from EVALSHA, which redis-py's script objects catch to load
-    the script and run it again (`FerryScript` translates it if that fails too).
-    """
-
-    async def execute_command(self, *args: Any, **options: Any) -> Any:
-        try:
-            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
-        except NoScriptError as error:
-            if args and str(args[0]).upper() == "EVALSHA":
-                raise  # to AsyncScript.__call__, which loads the script and runs it again
-            raise translate(error) from error
-        except Exception as error:
-            raise translate(error) from error
-
-    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> FerryPipeline:
-        return FerryPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
-
-    def register_script(self, script: str | bytes) -> FerryScript:  # type: ignore[override]
-        return FerryScript(self, script)
-
-
-class FerryPipeline(Pipeline):
-    """A pipeline whose errors, raised or (raise_on_error=False) returned, are ferry's kinds."""
-
-    async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        try:
-            replies = await super().execute(raise_on_error)
-        except Exception as error:
-            raise translate(error) from error
-        return [translate(reply) if isinstance(reply, Exception) else reply for reply in replies]
-
-
-class FerryScript(AsyncScript):
-    """A Lua script whose NOSCRIPT, if loading it did not help, is translated too."""
-
-    async def __call__(
-        self,
-        keys: Sequence[Any] | None = None,
-        args: Iterable[Any] | None = None,
-        client: Redis | None = None,
-    ) -> Any:
-        try:
-            return await super().__call__(keys, args, client)
-        except NoScriptError as error:  # flushed again between SCRIPT LOAD and EVALSHA
-            raise translate(error) from error
 
 
 def connect(url: str, retries: int = 3) -> FerryRedis:
