@@ -9,7 +9,7 @@ from typing import TypeVar
 from ferry.processes.embedded import EmbeddedValkey, start_or_share
 from ferry.queue import Queue
 from ferry.queue.connection import connect
-from ferry.queue.errors import RedisUnavailable, WritesRefused
+from ferry.queue.errors import RedisBug, RedisUnavailable, WritesRefused
 from ferry.settings import Settings
 
 T = TypeVar("T")
@@ -59,3 +59,5 @@ def run_on_queue(settings: Settings, operation: Callable[[Queue], Awaitable[T]])
         raise NoRedis(f"Redis at {url} does not answer: {error}") from None
     except WritesRefused as error:
         raise NoRedis(f"Redis at {url} refuses writes: {error}") from None
+    except RedisBug as error:  # one line for the operator; the cause is in the message
+        raise NoRedis(f"Redis at {url} answered what ferry cannot use: {error}") from None
