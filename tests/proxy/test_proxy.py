@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.certs import CertFiles
 from tests.support.inspect import client, queue_length, scrape_text
-from tests.support.processes import Proxy, ferry_command, wait_until
+from tests.support.processes import Proxy, bare_env, ferry_command, wait_until
 from tests.support.servers import RedisProcess, free_port
 
 StartProxy = Callable[..., Proxy]
@@ -111,7 +111,7 @@ def test_keys_file_holds_only_hashes(redis_url: str, start_proxy: StartProxy, tm
     keys_file.write_text("file-key\n")  # a plain key where a hash belongs
     refused = subprocess.run(
         [ferry_command(), "proxy", "--port", str(free_port())],
-        env={"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url, "FERRY_API_KEYS_FILE": str(keys_file)},
+        env=bare_env(REDIS_URL=redis_url, FERRY_API_KEYS_FILE=str(keys_file)),
         capture_output=True, text=True, timeout=30,
     )
     assert refused.returncode == 2 and "not a SHA-256 hex digest" in refused.stderr
@@ -120,7 +120,7 @@ def test_keys_file_holds_only_hashes(redis_url: str, start_proxy: StartProxy, tm
 def test_proxy_without_api_keys_refuses_to_start(redis_url: str) -> None:
     refused = subprocess.run(
         [ferry_command(), "proxy", "--port", str(free_port())],
-        env={"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url},
+        env=bare_env(REDIS_URL=redis_url),
         capture_output=True, text=True, timeout=30,
     )
     assert refused.returncode == 2
@@ -347,7 +347,7 @@ def test_health_and_metrics_need_a_key_when_configured(redis_url: str, start_pro
 def test_plain_http_on_a_public_address_needs_insecure(redis_url: str) -> None:
     refused = subprocess.run(
         [ferry_command(), "proxy", "--host", "0.0.0.0", "--port", str(free_port())],
-        env={"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url, "FERRY_API_KEYS": "k"},
+        env=bare_env(REDIS_URL=redis_url, FERRY_API_KEYS="k"),
         capture_output=True, text=True, timeout=30,
     )
     assert refused.returncode == 2 and "refusing to serve plain HTTP on 0.0.0.0" in refused.stderr
@@ -457,7 +457,7 @@ def test_strict_durability_fsyncs_before_202_or_refuses_a_server_that_cannot(
     if not waitaof:  # Debian's Redis 7.0 has no WAITAOF: strict mode must not pretend
         refused = subprocess.run(
             [ferry_command(), "proxy", "--port", str(free_port())],
-            env={"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url, "FERRY_API_KEYS": "k", "FERRY_DURABILITY": "strict"},
+            env=bare_env(REDIS_URL=redis_url, FERRY_API_KEYS="k", FERRY_DURABILITY="strict"),
             capture_output=True, text=True, timeout=30,
         )
         assert refused.returncode == 2 and "FERRY_DURABILITY=strict needs WAITAOF" in refused.stderr

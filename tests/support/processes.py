@@ -5,11 +5,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,10 +21,27 @@ from tests.support.servers import free_port
 
 
 def ferry_command() -> str:
-    found = shutil.which("ferry")
-    if found is None:
-        raise RuntimeError("the ferry console script is not installed (pip install -e '.[test]')")
-    return found
+    """The `ferry` console script of the environment running the tests, found beside its
+    interpreter: neither PATH nor an activated venv is needed, and no other install is taken."""
+    script = Path(sys.executable).parent / "ferry"
+    if not script.is_file():
+        raise RuntimeError(f"no ferry console script beside {sys.executable} (pip install -e '.[test]')")
+    return str(script)
+
+
+def bare_env(**env: str) -> dict[str, str]:
+    """An environment with nothing of the user's in it but a minimal PATH, and `env`.
+
+    What the interpreter needs to run the same code under the same measurement is
+    kept: PYTHONPATH (a tree run without installing it) and coverage's variables
+    (subprocesses are measured too).
+    """
+    kept = {
+        name: value
+        for name, value in os.environ.items()
+        if name == "PYTHONPATH" or name.startswith("COVERAGE_")
+    }
+    return {"PATH": "/usr/bin:/bin", **kept, **env}
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -23,7 +24,7 @@ from tests.support.inspect import (
     scrape,
     status,
 )
-from tests.support.processes import FerryProcess, Sink, wait_until
+from tests.support.processes import FerryProcess, Sink, bare_env, ferry_command, wait_until
 from tests.support.servers import RedisProcess
 
 StartSink = Callable[..., Sink]
@@ -370,13 +371,9 @@ def test_redis_without_persistence_gets_a_warning(
 
 
 def test_bad_setting_stops_the_worker_with_one_clear_line(tmp_path: object) -> None:
-    import subprocess
-
-    from tests.support.processes import ferry_command
-
     result = subprocess.run(
         [ferry_command(), "worker"],
-        env={"PATH": "/usr/bin:/bin", "WORKER_CONCURRENCY": "many", "MAIN_SERVER_URL": "http://x"},
+        env=bare_env(WORKER_CONCURRENCY="many", MAIN_SERVER_URL="http://x"),
         capture_output=True,
         text=True,
         timeout=30,
