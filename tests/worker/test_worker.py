@@ -346,6 +346,7 @@ def test_signed_deliveries_verify_with_standardwebhooks(
         Webhook(secret).verify(stored.body + b" ", signed)
 
 
+@pytest.mark.both_servers
 def test_evicting_redis_is_refused_unless_overridden(
     own_redis: RedisProcess, start_sink: StartSink, start_worker: StartWorker
 ) -> None:
@@ -361,6 +362,7 @@ def test_evicting_redis_is_refused_unless_overridden(
     assert "keeps nothing on disk" not in allowed.log()  # the test server has its AOF
 
 
+@pytest.mark.both_servers
 def test_redis_without_persistence_gets_a_warning(
     own_redis: RedisProcess, start_sink: StartSink, start_worker: StartWorker
 ) -> None:
