@@ -20,10 +20,18 @@ import pytest
 from tests.support.certs import CertFiles, make_certs
 from tests.support.processes import FerryProcess, Proxy, Sink
 from tests.support.servers import SERVER_KINDS, RedisProcess, SharedServers, free_port
+from tests.support.worker import InProcessWorker, capture_worker_logs
 
 DEFAULT_KIND = "valkey"
 # Every test here that uses Redis runs on both servers.
 BOTH_SERVERS_DIRECTORY = Path(__file__).parent / "queue"
+
+# Test-sized timings and logs at INFO, for workers in and out of process alike.
+TEST_WORKER_ENV = {
+    "WORKER_RETRY_INTERVAL": "0.2",
+    "FERRY_LEASE_SECONDS": "2",
+    "LOG_LEVEL": "INFO",
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -116,24 +124,30 @@ def start_sink(tmp_path: Path, certs: CertFiles) -> Iterator[Callable[..., Sink]
         sink.kill()
 
 
+def _worker_env(tmp_path: Path, certs: CertFiles, redis_url: str, main_server_url: str, worker_id: str) -> dict[str, str]:
+    return {
+        "REDIS_URL": redis_url,
+        "MAIN_SERVER_URL": main_server_url,
+        "MAIN_SERVER_CA_FILE": str(certs.ca),
+        "WORKER_ID": worker_id,
+        "FERRY_HOME": str(tmp_path / "home"),
+        **TEST_WORKER_ENV,
+    }
+
+
 @pytest.fixture
 def start_worker(tmp_path: Path, certs: CertFiles) -> Iterator[Callable[..., FerryProcess]]:
-    """Start `ferry worker` with test-sized timings; keyword arguments become env vars."""
+    """Start `ferry worker` as a subprocess with test-sized timings; keyword arguments become env vars.
+
+    For what crosses the process boundary: signals, exit codes, the CLI's start-up
+    checks, the embedded server. Everything else runs an in-process worker.
+    """
     workers: list[FerryProcess] = []
 
     def start(redis_url: str, main_server_url: str, **env: Any) -> FerryProcess:
         worker_id = env.pop("WORKER_ID", f"worker-{len(workers) + 1}")
-        base = {
-            "REDIS_URL": redis_url,
-            "MAIN_SERVER_URL": main_server_url,
-            "MAIN_SERVER_CA_FILE": str(certs.ca),
-            "WORKER_ID": worker_id,
-            "WORKER_METRICS_PORT": str(free_port()),
-            "WORKER_RETRY_INTERVAL": "0.2",
-            "FERRY_LEASE_SECONDS": "2",
-            "FERRY_HOME": str(tmp_path / "home"),
-            "LOG_LEVEL": "INFO",
-        }
+        base = _worker_env(tmp_path, certs, redis_url, main_server_url, worker_id)
+        base["WORKER_METRICS_PORT"] = str(free_port())
         process = FerryProcess(
             ["worker"], {**base, **{k: str(v) for k, v in env.items()}}, tmp_path / f"{worker_id}.log"
         )
@@ -144,6 +158,32 @@ def start_worker(tmp_path: Path, certs: CertFiles) -> Iterator[Callable[..., Fer
     yield start
     for worker in workers:
         worker.kill()
+
+
+@pytest.fixture
+def run_worker(tmp_path: Path, certs: CertFiles) -> Iterator[Callable[..., InProcessWorker]]:
+    """Run ferry's Worker in this process (its own thread and event loop), against the
+    same real Redis and HTTPS sink, with the same settings as `start_worker`."""
+    workers: list[InProcessWorker] = []
+
+    def start(redis_url: str, main_server_url: str, **env: Any) -> InProcessWorker:
+        worker_id = env.pop("WORKER_ID", f"worker-{len(workers) + 1}")
+        base = _worker_env(tmp_path, certs, redis_url, main_server_url, worker_id)
+        worker = InProcessWorker({**base, **{k: str(v) for k, v in env.items()}}, tmp_path / f"{worker_id}.log")
+        workers.append(worker)
+        worker.start()
+        return worker
+
+    with capture_worker_logs():
+        yield start
+        errors = []
+        for worker in workers:  # as SIGTERM twice would: no grace period for what is in flight
+            try:
+                worker.stop(force=True)
+            except AssertionError as error:  # every worker is stopped before the first failure is reported
+                errors.append(error)
+        if errors:
+            raise errors[0]
 
 
 @pytest.fixture

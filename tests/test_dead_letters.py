@@ -18,10 +18,11 @@ from ferry.queue.queue import SCRIPT_CHUNK
 from ferry.queue.connection import connect
 from ferry.queue.message import NewMessage, Status, new_message_id
 from tests.support.inspect import client, dead_ids, enqueue, queue_length, status, with_queue
-from tests.support.processes import FerryProcess, Proxy, Sink, ferry_command, wait_until
+from tests.support.processes import Proxy, Sink, ferry_command, wait_until
+from tests.support.worker import InProcessWorker
 
 StartSink = Callable[..., Sink]
-StartWorker = Callable[..., FerryProcess]
+RunWorker = Callable[..., InProcessWorker]
 StartProxy = Callable[..., Proxy]
 
 ADMIN_KEY = "admin-key"
@@ -322,11 +323,11 @@ def test_admin_routes_answer_503_while_redis_is_down(start_proxy: StartProxy) ->
 
 
 def test_replayed_dead_letters_are_delivered_once_the_sink_recovers(
-    redis_url: str, start_sink: StartSink, start_worker: StartWorker, tmp_path: Path
+    redis_url: str, start_sink: StartSink, run_worker: RunWorker, tmp_path: Path
 ) -> None:
     sink = start_sink("--fail-rate", "1", "--status", "422")
     ids = enqueue(redis_url, [b'{"order": %d}' % n for n in range(5)])
-    start_worker(redis_url, sink.url)
+    run_worker(redis_url, sink.url)
     wait_until(lambda: len(dead_ids(redis_url)) == 5)
     assert sink.stats()["unique"] == 0
 

@@ -1,4 +1,9 @@
-"""The worker against a real Redis/Valkey and a real sink over HTTPS: the delivery guarantees."""
+"""The worker against a real Redis/Valkey and a real sink over HTTPS: the delivery guarantees.
+
+Most tests run ferry's Worker in this process (`run_worker`); those about the
+process itself run `ferry worker` (`start_worker`): SIGKILL, SIGTERM, exit codes
+and the server checks it makes before it starts.
+"""
 
 from __future__ import annotations
 
@@ -26,9 +31,11 @@ from tests.support.inspect import (
 )
 from tests.support.processes import FerryProcess, Sink, bare_env, ferry_command, wait_until
 from tests.support.servers import RedisProcess
+from tests.support.worker import InProcessWorker
 
 StartSink = Callable[..., Sink]
 StartWorker = Callable[..., FerryProcess]
+RunWorker = Callable[..., InProcessWorker]
 
 
 def unique(sink: Sink, expected: int) -> Callable[[], bool]:
@@ -36,7 +43,7 @@ def unique(sink: Sink, expected: int) -> Callable[[], bool]:
 
 
 def delivering(worker: FerryProcess, count: int) -> Callable[[], bool]:
-    """The worker reports `count` deliveries in progress (worker_active_tasks)."""
+    """The worker reports `count` deliveries in progress (worker_active_tasks on its /metrics)."""
     port = int(worker.env["WORKER_METRICS_PORT"])
     name = f'worker_active_tasks{{worker_id="{worker.env["WORKER_ID"]}"}}'
 
@@ -50,12 +57,12 @@ def delivering(worker: FerryProcess, count: int) -> Callable[[], bool]:
 
 
 def test_delivers_end_to_end_over_https_keeping_body_and_headers(
-    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+    redis_url: str, start_sink: StartSink, run_worker: RunWorker
 ) -> None:
     sink = start_sink()
     bodies = [b'{"order": %d}' % n for n in range(20)] + [bytes(range(256))]
     ids = enqueue(redis_url, bodies[:20]) + enqueue(redis_url, bodies[20:], "application/octet-stream")
-    start_worker(redis_url, sink.url)
+    run_worker(redis_url, sink.url)
 
     wait_until(unique(sink, 21))
     stored = sink.message(ids[-1])
@@ -69,11 +76,11 @@ def test_delivers_end_to_end_over_https_keeping_body_and_headers(
 
 
 def test_retries_until_the_main_server_recovers(
-    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+    redis_url: str, start_sink: StartSink, run_worker: RunWorker
 ) -> None:
     sink = start_sink("--fail-rate", "1", "--status", "503")
     ids = enqueue(redis_url, [b"a", b"b", b"c"])
-    start_worker(redis_url, sink.url)
+    run_worker(redis_url, sink.url)
 
     wait_until(lambda: sink.stats()["failed"] >= 9)
     assert sink.stats()["unique"] == 0
@@ -87,11 +94,11 @@ def test_retries_until_the_main_server_recovers(
 
 
 def test_permanent_4xx_is_dead_lettered_at_once(
-    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+    redis_url: str, start_sink: StartSink, run_worker: RunWorker
 ) -> None:
     sink = start_sink("--fail-rate", "1", "--status", "422")
     ids = enqueue(redis_url, [b"x", b"y"])
-    start_worker(redis_url, sink.url)
+    run_worker(redis_url, sink.url)
 
     wait_until(lambda: len(dead_ids(redis_url)) == 2)
     for message_id in ids:
@@ -101,11 +108,11 @@ def test_permanent_4xx_is_dead_lettered_at_once(
 
 
 def test_dead_lettered_after_the_last_attempt(
-    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+    redis_url: str, start_sink: StartSink, run_worker: RunWorker
 ) -> None:
     sink = start_sink("--fail-rate", "1", "--status", "500")
     [message_id] = enqueue(redis_url, [b"x"])
-    start_worker(redis_url, sink.url, WORKER_MAX_ATTEMPTS=3, WORKER_RETRY_INTERVAL=0.05)
+    run_worker(redis_url, sink.url, WORKER_MAX_ATTEMPTS=3, WORKER_RETRY_INTERVAL=0.05)
 
     wait_until(lambda: dead_ids(redis_url) == [message_id])
     dead = status(redis_url, message_id)
@@ -114,11 +121,11 @@ def test_dead_lettered_after_the_last_attempt(
 
 
 def test_retry_after_of_the_main_server_is_honoured(
-    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+    redis_url: str, start_sink: StartSink, run_worker: RunWorker
 ) -> None:
     sink = start_sink("--fail-rate", "1", "--status", "429", "--retry-after", "3")
     [message_id] = enqueue(redis_url, [b"x"])
-    start_worker(redis_url, sink.url, WORKER_RETRY_INTERVAL=0.05)
+    run_worker(redis_url, sink.url, WORKER_RETRY_INTERVAL=0.05)
 
     waiting = wait_until(lambda: (s := status(redis_url, message_id)).status == "retrying" and s)
     assert waiting.next_attempt_at_ms is not None
@@ -130,7 +137,7 @@ def test_retry_after_of_the_main_server_is_honoured(
 
 
 def test_sigkill_mid_delivery_loses_nothing(
-    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker, run_worker: RunWorker
 ) -> None:
     sink = start_sink("--latency-ms", "2000")
     ids = enqueue(redis_url, [b"m%d" % n for n in range(10)])
@@ -141,7 +148,7 @@ def test_sigkill_mid_delivery_loses_nothing(
     assert len(held) >= 4  # the four it was sending, and any it had claimed ahead
 
     sink.faults(latency_ms=0)
-    start_worker(redis_url, sink.url, WORKER_ID="rescuer")
+    run_worker(redis_url, sink.url, WORKER_ID="rescuer")
     # The sink may have stored the ones the victim was sending when it died; they
     # are delivered again all the same (at least once), once its lease runs out.
     wait_until(lambda: all(status(redis_url, i).status == "delivered" for i in ids), timeout=30)
@@ -151,7 +158,7 @@ def test_sigkill_mid_delivery_loses_nothing(
 
 
 def test_poison_pill_that_keeps_killing_workers_is_dead_lettered(
-    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker, run_worker: RunWorker
 ) -> None:
     sink = start_sink("--latency-ms", "60000")  # every worker dies while delivering it
     [pill] = enqueue(redis_url, [b"poison"])
@@ -160,18 +167,18 @@ def test_poison_pill_that_keeps_killing_workers_is_dead_lettered(
         wait_until(delivering(victim, 1), timeout=30)
         victim.kill()
 
-    start_worker(redis_url, sink.url, WORKER_ID="survivor", FERRY_MAX_RETURNS=1)
+    run_worker(redis_url, sink.url, WORKER_ID="survivor", FERRY_MAX_RETURNS=1)
     wait_until(lambda: dead_ids(redis_url) == [pill], timeout=30)
     dead = status(redis_url, pill)
     assert dead.returns == 2 and "poison pill" in (dead.last_error or "")
 
 
 def test_a_delivery_that_times_out_is_retried(
-    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+    redis_url: str, start_sink: StartSink, run_worker: RunWorker
 ) -> None:
     sink = start_sink("--latency-ms", "3000")
     [message_id] = enqueue(redis_url, [b"slow"])
-    start_worker(redis_url, sink.url, FERRY_DELIVERY_TIMEOUT_SECONDS=0.3)
+    run_worker(redis_url, sink.url, FERRY_DELIVERY_TIMEOUT_SECONDS=0.3)
 
     waiting = wait_until(lambda: (s := status(redis_url, message_id)).attempts >= 2 and s)
     assert "timed out" in (waiting.last_error or "")
@@ -246,43 +253,38 @@ def test_a_second_sigterm_cuts_the_grace_period_short_and_gives_messages_back(
 
 
 def test_two_workers_share_a_thousand_messages(
-    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+    redis_url: str, start_sink: StartSink, run_worker: RunWorker
 ) -> None:
     sink = start_sink("--latency-ms", "2")
-    ports = []
-    for name in ("w1", "w2"):
-        worker = start_worker(redis_url, sink.url, WORKER_ID=name)
-        ports.append(int(worker.env["WORKER_METRICS_PORT"]))
+    workers = [run_worker(redis_url, sink.url, WORKER_ID=name) for name in ("w1", "w2")]
     wait_until(lambda: registered_workers(redis_url) == {"w1", "w2"})
 
     enqueue(redis_url, [b'{"n": %d}' % n for n in range(1000)])
     wait_until(unique(sink, 1000), timeout=60)
-    metrics = [scrape(port) for port in ports]
-    processed = [m[f'worker_messages_processed_total{{worker_id="{name}"}}'] for m, name in zip(metrics, ("w1", "w2"))]
+    processed = [worker.sample("worker_messages_processed_total") for worker in workers]
     assert sum(processed) == 1000
     assert min(processed) >= 300, processed
-    for m, name, count in zip(metrics, ("w1", "w2"), processed):
-        label = f'{{worker_id="{name}"}}'
-        assert m[f"worker_delivery_duration_seconds_count{label}"] == count
-        assert m[f"worker_message_latency_seconds_count{label}"] == count
-        assert m[f"worker_active_tasks{label}"] == 0 and m[f"worker_redis_up{label}"] == 1
+    for worker, count in zip(workers, processed):
+        assert worker.sample("worker_delivery_duration_seconds_count") == count
+        assert worker.sample("worker_message_latency_seconds_count") == count
+        assert worker.sample("worker_active_tasks") == 0 and worker.sample("worker_redis_up") == 1
 
 
 def test_redis_restart_mid_run_loses_nothing(
-    own_redis: RedisProcess, start_sink: StartSink, start_worker: StartWorker
+    own_redis: RedisProcess, start_sink: StartSink, run_worker: RunWorker
 ) -> None:
     sink = start_sink("--latency-ms", "5")
     enqueue(own_redis.url, [b"m%d" % n for n in range(600)])
-    workers = [start_worker(own_redis.url, sink.url, WORKER_ID=f"w{n}") for n in (1, 2)]
+    workers = [run_worker(own_redis.url, sink.url, WORKER_ID=f"w{n}") for n in (1, 2)]
     wait_until(unique(sink, 100), timeout=30)
 
     own_redis.kill()  # appendfsync always: every acknowledged write is on disk
     time.sleep(1.5)
-    assert all(worker.process and worker.process.poll() is None for worker in workers)
+    assert all(worker.running for worker in workers)
     own_redis.start()
 
     wait_until(unique(sink, 600), timeout=60)
-    assert all(worker.process and worker.process.poll() is None for worker in workers)
+    assert all(worker.running for worker in workers)
     logs = workers[0].log()
     assert "redis unavailable" in logs and "redis reachable again" in logs
     # It backed off instead of spinning: one warning per outage, not one per try.
@@ -304,20 +306,20 @@ def test_worker_started_before_redis_waits_for_it(
 
 @pytest.mark.parametrize("client_cert", ["none", "stranger"])
 def test_refused_client_certificate_is_retried_never_dropped(
-    client_cert: str, redis_url: str, certs: CertFiles, start_sink: StartSink, start_worker: StartWorker
+    client_cert: str, redis_url: str, certs: CertFiles, start_sink: StartSink, run_worker: RunWorker
 ) -> None:
     sink = start_sink("--client-ca", str(certs.ca))
     [message_id] = enqueue(redis_url, [b"secret"])
     env = {}
     if client_cert == "stranger":
         env = {"MAIN_SERVER_CERT_FILE": str(certs.other_client_cert), "MAIN_SERVER_KEY_FILE": str(certs.other_client_key)}
-    refused = start_worker(redis_url, sink.url, WORKER_ID="refused", **env)
+    refused = run_worker(redis_url, sink.url, WORKER_ID="refused", **env)
 
     wait_until(lambda: status(redis_url, message_id).attempts >= 3)
     assert sink.stats()["received"] == 0 and dead_ids(redis_url) == []
     refused.stop()
 
-    start_worker(
+    run_worker(
         redis_url,
         sink.url,
         WORKER_ID="trusted",
@@ -329,13 +331,13 @@ def test_refused_client_certificate_is_retried_never_dropped(
 
 
 def test_signed_deliveries_verify_with_standardwebhooks(
-    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+    redis_url: str, start_sink: StartSink, run_worker: RunWorker
 ) -> None:
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     sink = start_sink()
     body = b'{"event": "paid", "amount": 12}'
     [message_id] = enqueue(redis_url, [body])
-    start_worker(redis_url, sink.url, FERRY_SIGNING_SECRET=secret)
+    run_worker(redis_url, sink.url, FERRY_SIGNING_SECRET=secret)
 
     wait_until(unique(sink, 1))
     stored = sink.message(message_id)
@@ -388,12 +390,12 @@ def test_bad_setting_stops_the_worker_with_one_clear_line(tmp_path: object) -> N
 
 
 def test_messages_claimed_by_a_lost_reply_are_delivered_while_the_worker_lives(
-    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+    redis_url: str, start_sink: StartSink, run_worker: RunWorker
 ) -> None:
     """Redis ran a claim, then died (or the connection dropped) before its reply came:
     the ids sit in the live worker's in-flight list, and it must not hold them for ever."""
     sink = start_sink()
-    worker = start_worker(redis_url, sink.url, WORKER_ID="w1")
+    worker = run_worker(redis_url, sink.url, WORKER_ID="w1")
     wait_until(lambda: "worker started" in worker.log())
     keys, now = Keys(), now_ms()
     strays = [new_message_id() for _ in range(3)]
@@ -409,4 +411,4 @@ def test_messages_claimed_by_a_lost_reply_are_delivered_while_the_worker_lives(
     assert all(status(redis_url, message_id).status == "delivered" for message_id in strays)
     wait_until(lambda: in_flight(redis_url, "w1") == [])
     assert "gave back messages claimed with a lost reply" in worker.log()
-    assert worker.process is not None and worker.process.poll() is None
+    assert worker.running
