@@ -188,7 +188,9 @@ def run_worker(tmp_path: Path, certs: CertFiles) -> Iterator[Callable[..., InPro
 
 @pytest.fixture
 def start_proxy(tmp_path: Path, certs: CertFiles) -> Iterator[Callable[..., Proxy]]:
-    """Start `ferry proxy` (HTTPS with the test CA unless tls=False); keyword arguments become env vars."""
+    """Start `ferry proxy` for this test alone (HTTPS with the test CA unless tls=False);
+    keyword arguments become env vars. For tests that change what the proxy sees:
+    its keys file, the server under it."""
     proxies: list[Proxy] = []
 
     def start(redis_url: str, *args: str, tls: bool = True, **env: Any) -> Proxy:
@@ -201,3 +203,36 @@ def start_proxy(tmp_path: Path, certs: CertFiles) -> Iterator[Callable[..., Prox
     for proxy in proxies:
         proxy.stop()
 
+
+@pytest.fixture(scope="module")
+def module_proxies() -> Iterator[dict[Any, Proxy]]:
+    """The proxies `shared_proxy` started in this module, by their arguments."""
+    started: dict[Any, Proxy] = {}
+    yield started
+    for proxy in started.values():
+        proxy.stop()
+
+
+@pytest.fixture
+def shared_proxy(
+    module_proxies: dict[Any, Proxy], tmp_path_factory: pytest.TempPathFactory, certs: CertFiles
+) -> Callable[..., Proxy]:
+    """As `start_proxy`, but started once per module for each set of arguments and shared
+    by the tests that ask for the same: for tests that only send it requests, never
+    for one that kills its server or changes its files.
+
+    What a proxy keeps is in Redis, and `redis_url` flushes it before each test.
+    """
+
+    def get(redis_url: str, *args: str, tls: bool = True, **env: Any) -> Proxy:
+        settings = {k: str(v) for k, v in env.items()}
+        key = (redis_url, args, tls, tuple(sorted(settings.items())))
+        proxy = module_proxies.get(key)
+        if proxy is None:
+            proxy = Proxy(tmp_path_factory.mktemp("proxy"), redis_url, certs if tls else None, list(args), settings)
+            module_proxies[key] = proxy  # before start: a proxy that never got ready is still cleaned up
+            proxy.start()
+        assert proxy.process is not None and proxy.process.poll() is None, f"the shared proxy exited:\n{proxy.log()}"
+        return proxy
+
+    return get

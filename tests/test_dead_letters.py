@@ -289,10 +289,10 @@ def test_admin_routes_list_replay_and_purge_with_an_admin_key(redis_url: str, st
     assert (code, answer["error"]) == (422, "invalid_request")
 
 
-def test_admin_routes_refuse_api_keys_and_strangers(start_proxy: StartProxy) -> None:
+def test_admin_routes_refuse_api_keys_and_strangers(shared_proxy: StartProxy) -> None:
     # Refused before Redis is asked anything: no Redis needed.
     no_redis = "redis://127.0.0.1:1"
-    proxy = start_proxy(no_redis, tls=False, FERRY_ADMIN_API_KEYS=ADMIN_KEY)
+    proxy = shared_proxy(no_redis, tls=False, FERRY_ADMIN_API_KEYS=ADMIN_KEY)
     routes = [
         ("GET", "/api/v1/dead-letters", None),
         ("POST", "/api/v1/dead-letters/replay", b'{"all": true}'),
@@ -307,14 +307,14 @@ def test_admin_routes_refuse_api_keys_and_strangers(start_proxy: StartProxy) -> 
     # An admin key is no API key: it sends no messages.
     assert proxy.request("POST", "/api/v1/messages", b"{}", JSON, key=ADMIN_KEY)[0] == 401
 
-    closed = start_proxy(no_redis, tls=False)
+    closed = shared_proxy(no_redis, tls=False)
     code, _, answer = closed.request("GET", "/api/v1/dead-letters")
     assert (code, answer["error"]) == (403, "admin_disabled") and "FERRY_ADMIN_API_KEYS" in answer["detail"]
     assert closed.request("GET", "/api/v1/dead-letters", key=None)[0] == 401
 
 
-def test_admin_routes_answer_503_while_redis_is_down(start_proxy: StartProxy) -> None:
-    proxy = start_proxy("redis://127.0.0.1:1", tls=False, FERRY_ADMIN_API_KEYS=ADMIN_KEY)
+def test_admin_routes_answer_503_while_redis_is_down(shared_proxy: StartProxy) -> None:
+    proxy = shared_proxy("redis://127.0.0.1:1", tls=False, FERRY_ADMIN_API_KEYS=ADMIN_KEY)
     code, headers, answer = proxy.request("GET", "/api/v1/dead-letters", key=ADMIN_KEY)
     assert (code, answer["error"], headers["retry-after"]) == (503, "redis_unavailable", "1")
 

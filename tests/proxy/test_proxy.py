@@ -1,4 +1,10 @@
-"""The proxy over real HTTPS against a real Redis/Valkey: every route and every error."""
+"""The proxy over real HTTPS against a real Redis/Valkey: every route and every error.
+
+Tests that only send requests share a proxy (`shared_proxy`: one per module for
+each set of settings that more than one test uses); a test with settings of its
+own, or one that kills the server, rewrites the proxy's files or reads its
+counters from zero, starts its own (`start_proxy`).
+"""
 
 from __future__ import annotations
 
@@ -29,8 +35,8 @@ def stored(redis_url: str, message_id: str) -> dict[bytes, bytes]:
     return client(redis_url).hgetall(f"{{message_queue}}:msg:{message_id}")  # type: ignore[return-value]
 
 
-def test_message_is_stored_byte_for_byte_and_answered_202(redis_url: str, start_proxy: StartProxy) -> None:
-    proxy = start_proxy(redis_url)
+def test_message_is_stored_byte_for_byte_and_answered_202(redis_url: str, shared_proxy: StartProxy) -> None:
+    proxy = shared_proxy(redis_url)
     body = bytes(range(256)) * 3  # not UTF-8
     status, _, answer = proxy.post(body, "image/x-test; charset=binary")
     assert status == 202 and answer["status"] == "queued"
@@ -39,23 +45,23 @@ def test_message_is_stored_byte_for_byte_and_answered_202(redis_url: str, start_
     assert client(redis_url).lrange("message_queue", 0, -1) == [answer["id"].encode()]
 
 
-def test_ids_are_uuid7_and_sort_by_arrival(redis_url: str, start_proxy: StartProxy) -> None:
-    proxy = start_proxy(redis_url)
+def test_ids_are_uuid7_and_sort_by_arrival(redis_url: str, shared_proxy: StartProxy) -> None:
+    proxy = shared_proxy(redis_url)
     ids = [proxy.post(b"{}")[2]["id"] for _ in range(5)]
     assert all(uuid.UUID(i).version == 7 for i in ids)
     assert ids == sorted(ids)
 
 
-def test_empty_body_and_missing_content_type_are_kept(redis_url: str, start_proxy: StartProxy) -> None:
-    proxy = start_proxy(redis_url)
+def test_empty_body_and_missing_content_type_are_kept(redis_url: str, shared_proxy: StartProxy) -> None:
+    proxy = shared_proxy(redis_url)
     status, _, answer = proxy.request("POST", "/api/v1/messages", b"")
     assert status == 202
     fields = stored(redis_url, answer["id"])
     assert fields[b"body"] == b"" and fields[b"content_type"] == b"application/octet-stream"
 
 
-def test_status_route_tells_where_a_message_is(redis_url: str, start_proxy: StartProxy) -> None:
-    proxy = start_proxy(redis_url)
+def test_status_route_tells_where_a_message_is(redis_url: str, shared_proxy: StartProxy) -> None:
+    proxy = shared_proxy(redis_url)
     message_id = proxy.post(b'{"a": 1}')[2]["id"]
     status, _, answer = proxy.request("GET", f"/api/v1/messages/{message_id}")
     assert status == 200
@@ -68,9 +74,9 @@ def test_status_route_tells_where_a_message_is(redis_url: str, start_proxy: Star
 
 
 def test_idempotency_key_repeat_answers_first_id_with_200_and_enqueues_nothing(
-    redis_url: str, start_proxy: StartProxy
+    redis_url: str, shared_proxy: StartProxy
 ) -> None:
-    proxy = start_proxy(redis_url)
+    proxy = shared_proxy(redis_url)
     first = proxy.post(b'{"order": 7}', Idempotency_Key="order-7")
     repeat = proxy.post(b'{"order": 7}', Idempotency_Key="order-7")
     other = proxy.post(b'{"order": 8}', Idempotency_Key="order-8")
@@ -79,15 +85,15 @@ def test_idempotency_key_repeat_answers_first_id_with_200_and_enqueues_nothing(
     assert queue_length(redis_url) == 2
 
 
-def test_bad_idempotency_key_is_422_and_changes_nothing(redis_url: str, start_proxy: StartProxy) -> None:
-    proxy = start_proxy(redis_url)
+def test_bad_idempotency_key_is_422_and_changes_nothing(redis_url: str, shared_proxy: StartProxy) -> None:
+    proxy = shared_proxy(redis_url)
     status, _, answer = proxy.post(b"{}", Idempotency_Key="x" * 256)
     assert (status, answer["error"]) == (422, "invalid_request")
     assert queue_length(redis_url) == 0
 
 
-def test_missing_or_wrong_key_gets_401_that_tells_nothing_more(redis_url: str, start_proxy: StartProxy) -> None:
-    proxy = start_proxy(redis_url)
+def test_missing_or_wrong_key_gets_401_that_tells_nothing_more(redis_url: str, shared_proxy: StartProxy) -> None:
+    proxy = shared_proxy(redis_url)
     answers = [
         proxy.request("POST", "/api/v1/messages", b"{}", key=None),
         proxy.request("POST", "/api/v1/messages", b"{}", key="test-kex"),
@@ -128,9 +134,9 @@ def test_proxy_without_api_keys_refuses_to_start(redis_url: str) -> None:
 
 
 def test_a_2_gb_upload_is_refused_with_413_without_being_read(
-    redis_url: str, start_proxy: StartProxy, certs: CertFiles
+    redis_url: str, shared_proxy: StartProxy, certs: CertFiles
 ) -> None:
-    proxy = start_proxy(redis_url, FERRY_MAX_BODY_BYTES=1000)
+    proxy = shared_proxy(redis_url, FERRY_MAX_BODY_BYTES=1000)
     context = ssl.create_default_context(cafile=str(certs.ca))
     with socket.create_connection(("localhost", proxy.port), timeout=10) as raw:
         with context.wrap_socket(raw, server_hostname="localhost") as tls:
@@ -148,8 +154,8 @@ def test_a_2_gb_upload_is_refused_with_413_without_being_read(
     assert queue_length(redis_url) == 0
 
 
-def test_a_chunked_body_past_the_cap_is_refused_as_it_streams(redis_url: str, start_proxy: StartProxy) -> None:
-    proxy = start_proxy(redis_url, FERRY_MAX_BODY_BYTES=1000)
+def test_a_chunked_body_past_the_cap_is_refused_as_it_streams(redis_url: str, shared_proxy: StartProxy) -> None:
+    proxy = shared_proxy(redis_url, FERRY_MAX_BODY_BYTES=1000)
 
     def chunks():  # type: ignore[no-untyped-def]
         for _ in range(10):
@@ -183,9 +189,9 @@ def post_bytes(body: bytes, *extra: bytes) -> bytes:
 
 
 def test_pipelined_requests_are_answered_whole_and_in_order(
-    redis_url: str, start_proxy: StartProxy, certs: CertFiles
+    redis_url: str, shared_proxy: StartProxy, certs: CertFiles
 ) -> None:
-    proxy = start_proxy(redis_url)
+    proxy = shared_proxy(redis_url)
     requests = [post_bytes(b"message %d" % number) for number in range(5)]
     requests.append(post_bytes(b"last", b"Connection: close"))
     answer = raw_exchange(proxy, certs, b"".join(requests))  # one write: the proxy reads them together
@@ -198,9 +204,9 @@ def test_pipelined_requests_are_answered_whole_and_in_order(
 
 
 def test_expect_100_continue_and_malformed_requests_are_answered(
-    redis_url: str, start_proxy: StartProxy, certs: CertFiles
+    redis_url: str, shared_proxy: StartProxy, certs: CertFiles
 ) -> None:
-    proxy = start_proxy(redis_url)
+    proxy = shared_proxy(redis_url)
     head, body = post_bytes(b"after continue", b"Expect: 100-continue", b"Connection: close").split(b"\r\n\r\n")
     answer = raw_exchange(proxy, certs, head + b"\r\n\r\n", body, pause=0.3)
     assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 "), answer
@@ -210,9 +216,9 @@ def test_expect_100_continue_and_malformed_requests_are_answered(
 
 
 def test_a_request_head_over_32_kib_is_refused_with_431_and_nothing_stored(
-    redis_url: str, start_proxy: StartProxy, certs: CertFiles
+    redis_url: str, shared_proxy: StartProxy, certs: CertFiles
 ) -> None:
-    proxy = start_proxy(redis_url)
+    proxy = shared_proxy(redis_url)
     many = [b"X-Pad-%d: %s" % (number, b"p" * 1000) for number in range(40)]  # 40 lines of 1 KB
     answer = raw_exchange(proxy, certs, post_bytes(b"many", *many))
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
@@ -223,10 +229,10 @@ def test_a_request_head_over_32_kib_is_refused_with_431_and_nothing_stored(
 
 
 def test_one_endless_header_line_is_cut_off_long_before_it_ends(
-    redis_url: str, start_proxy: StartProxy, certs: CertFiles
+    redis_url: str, shared_proxy: StartProxy, certs: CertFiles
 ) -> None:
     """httptools buffers a header line until it ends: the proxy must not wait for 2 GB of it."""
-    proxy = start_proxy(redis_url)
+    proxy = shared_proxy(redis_url)
     context = ssl.create_default_context(cafile=str(certs.ca))
     sent = 0
     with socket.create_connection(("localhost", proxy.port), timeout=10) as raw:
@@ -256,8 +262,8 @@ def batch(*items: dict[str, object]) -> bytes:
     return json.dumps({"messages": list(items)}).encode()
 
 
-def test_batch_stores_all_in_order_with_their_types(redis_url: str, start_proxy: StartProxy) -> None:
-    proxy = start_proxy(redis_url)
+def test_batch_stores_all_in_order_with_their_types(redis_url: str, shared_proxy: StartProxy) -> None:
+    proxy = shared_proxy(redis_url)
     status, _, answer = proxy.request(
         "POST",
         "/api/v1/messages/batch",
@@ -292,9 +298,9 @@ def test_batch_stores_all_in_order_with_their_types(redis_url: str, start_proxy:
     ],
 )
 def test_bad_batches_are_refused_whole(
-    body: bytes, content_type: str, status: int, code: str, redis_url: str, start_proxy: StartProxy
+    body: bytes, content_type: str, status: int, code: str, redis_url: str, shared_proxy: StartProxy
 ) -> None:
-    proxy = start_proxy(redis_url, FERRY_MAX_BATCH=3)
+    proxy = shared_proxy(redis_url, FERRY_MAX_BATCH=3)
     got, _, answer = proxy.request("POST", "/api/v1/messages/batch", body, {"Content-Type": content_type})
     assert (got, answer["error"]) == (status, code) and answer["detail"]
     assert queue_length(redis_url) == 0
@@ -353,8 +359,8 @@ def test_plain_http_on_a_public_address_needs_insecure(redis_url: str) -> None:
     assert refused.returncode == 2 and "refusing to serve plain HTTP on 0.0.0.0" in refused.stderr
 
 
-def test_tls_is_1_2_or_newer(redis_url: str, start_proxy: StartProxy, certs: CertFiles) -> None:
-    proxy = start_proxy(redis_url)
+def test_tls_is_1_2_or_newer(redis_url: str, shared_proxy: StartProxy, certs: CertFiles) -> None:
+    proxy = shared_proxy(redis_url)
     old = ssl.create_default_context(cafile=str(certs.ca))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.1 is, rightly
