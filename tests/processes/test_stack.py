@@ -199,7 +199,7 @@ def test_workers_are_added_and_removed_while_running_without_losing_messages(
 def test_autoscaler_adds_workers_under_a_burst_and_removes_them_when_drained(
     redis_url: str, start_sink: Callable[..., Sink], workers_start: Callable[..., FerryProcess]
 ) -> None:
-    sink = start_sink("--latency-ms", "100")
+    sink = start_sink("--latency-ms", "50")
     supervisor_port = free_port()
     supervisor = workers_start(
         redis_url, sink, "--num-workers", "1", "--base-metrics-port", str(free_port_range(3)),

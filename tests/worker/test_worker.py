@@ -141,14 +141,15 @@ def test_sigkill_mid_delivery_loses_nothing(
 ) -> None:
     sink = start_sink("--latency-ms", "2000")
     ids = enqueue(redis_url, [b"m%d" % n for n in range(10)])
-    victim = start_worker(redis_url, sink.url, WORKER_ID="victim", WORKER_CONCURRENCY=4)
+    # A one-second lease: the rescuer need not wait out the usual two.
+    victim = start_worker(redis_url, sink.url, WORKER_ID="victim", WORKER_CONCURRENCY=4, FERRY_LEASE_SECONDS=1)
     wait_until(delivering(victim, 4))
     victim.kill()
     held = in_flight(redis_url, "victim")
     assert len(held) >= 4  # the four it was sending, and any it had claimed ahead
 
     sink.faults(latency_ms=0)
-    run_worker(redis_url, sink.url, WORKER_ID="rescuer")
+    run_worker(redis_url, sink.url, WORKER_ID="rescuer", FERRY_LEASE_SECONDS=1)
     # The sink may have stored the ones the victim was sending when it died; they
     # are delivered again all the same (at least once), once its lease runs out.
     wait_until(lambda: all(status(redis_url, i).status == "delivered" for i in ids), timeout=30)
@@ -162,12 +163,14 @@ def test_poison_pill_that_keeps_killing_workers_is_dead_lettered(
 ) -> None:
     sink = start_sink("--latency-ms", "60000")  # every worker dies while delivering it
     [pill] = enqueue(redis_url, [b"poison"])
-    for death in (1, 2):
-        victim = start_worker(redis_url, sink.url, WORKER_ID=f"victim-{death}", FERRY_MAX_RETURNS=1)
+    for death in (1, 2):  # one-second leases: each death is noticed sooner than with the usual two
+        victim = start_worker(
+            redis_url, sink.url, WORKER_ID=f"victim-{death}", FERRY_MAX_RETURNS=1, FERRY_LEASE_SECONDS=1
+        )
         wait_until(delivering(victim, 1), timeout=30)
         victim.kill()
 
-    run_worker(redis_url, sink.url, WORKER_ID="survivor", FERRY_MAX_RETURNS=1)
+    run_worker(redis_url, sink.url, WORKER_ID="survivor", FERRY_MAX_RETURNS=1, FERRY_LEASE_SECONDS=1)
     wait_until(lambda: dead_ids(redis_url) == [pill], timeout=30)
     dead = status(redis_url, pill)
     assert dead.returns == 2 and "poison pill" in (dead.last_error or "")
@@ -395,7 +398,8 @@ def test_messages_claimed_by_a_lost_reply_are_delivered_while_the_worker_lives(
     """Redis ran a claim, then died (or the connection dropped) before its reply came:
     the ids sit in the live worker's in-flight list, and it must not hold them for ever."""
     sink = start_sink()
-    worker = run_worker(redis_url, sink.url, WORKER_ID="w1")
+    # A one-second lease: the worker looks for strays once a lease period.
+    worker = run_worker(redis_url, sink.url, WORKER_ID="w1", FERRY_LEASE_SECONDS=1)
     wait_until(lambda: "worker started" in worker.log())
     keys, now = Keys(), now_ms()
     strays = [new_message_id() for _ in range(3)]
