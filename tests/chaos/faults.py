@@ -51,6 +51,14 @@ DESCRIPTIONS = {
     "worker_zombie": "SIGSTOP a worker past its lease, then SIGCONT",
 }
 
+# What a fault's `recovered_after` measures.
+RECOVERY = {
+    "worker_kill": "replaced and holding its lease, after the kill",
+    "proxy_kill": "replaced by uvicorn, after the kill",
+    "worker_zombie": "holding its lease again, after SIGCONT",
+    "redis_kill": "taking writes, after the restart began",
+}
+
 
 @dataclass
 class Fault:
@@ -62,6 +70,7 @@ class Fault:
     ended: float | None = None  # when it was undone
     target: str = ""
     notes: list[str] = field(default_factory=list)
+    recovered_after: float | None = None  # seconds from the fault (or its end) to recovery
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +83,7 @@ class Fault:
             "target": self.target,
             "params": self.params,
             "notes": self.notes,
+            "recovered_after": None if self.recovered_after is None else round(self.recovered_after, 2),
         }
 
 
@@ -296,22 +306,27 @@ class Controller:
                 return False
             if _holder_pid(self.stack.lease_holders().get(worker)) != successor.pid:
                 return False
+            fault.recovered_after = at - now
             fault.notes.append(f"replaced by pid {successor.pid}, holding the lease {at - now:.1f} s later")
             return True
 
         self._watch(fault, f"{worker} (pid {victim.pid} SIGKILLed) was not replaced", replaced, RECOVERY_SECONDS)
 
     def _start_worker_zombie(self, fault: Fault) -> None:
-        now = self.now()
         workers = self.tracker.workers()
-        just_killed = {worker for at, worker in self.kills if now - at < 10.0}
-        candidates = sorted(worker for worker in workers if worker not in just_killed) or sorted(workers)
+        holders = self.stack.lease_holders()
+        # A worker that holds its own lease now: one that is starting, or whose lease
+        # lapsed in a Redis outage, would have no lease to be fenced off from.
+        candidates = sorted(worker for worker, seen in workers.items() if _holder_pid(holders.get(worker)) == seen.pid)
+        if not candidates:
+            fault.notes.append("no worker holds its lease now: stopping one that does not")
+            candidates = sorted(workers)
         if not candidates:
             fault.notes.append("skipped: no worker alive")
             return
         worker = self.rng.choice(candidates)
         victim = workers[worker]
-        before = self.stack.lease_holders().get(worker)
+        before = holders.get(worker)
         os.kill(victim.pid, signal.SIGSTOP)
         self.zombie, self._stopped = worker, victim
         fault.target = f"{worker} pid {victim.pid}"
@@ -335,8 +350,11 @@ class Controller:
             holder = self.stack.lease_holders().get(worker or "")
             if _holder_pid(holder) != victim.pid:
                 return False
-            if holder != before:
+            fault.recovered_after = at - resumed
+            if holder != before and _holder_pid(before) == victim.pid:
                 fault.notes.append(f"fenced off; rejoined as a new lease holder {at - resumed:.1f} s after SIGCONT")
+            elif holder != before:
+                fault.notes.append(f"held no lease when stopped; holds one {at - resumed:.1f} s after SIGCONT")
             elif at - resumed > 3 * lease:
                 fault.notes.append("kept its old lease: nobody reaped it while it was stopped")
             else:
@@ -362,6 +380,7 @@ class Controller:
             pids = [seen.pid for seen in self.tracker.proxy_processes()]
             if len(pids) < len(processes) or victim.pid in pids:
                 return False
+            fault.recovered_after = at - now
             fault.notes.append(f"uvicorn started pid {max(pids)} in its place {at - now:.1f} s later")
             return True
 
@@ -376,6 +395,7 @@ class Controller:
 
     def _end_redis_kill(self, fault: Fault) -> None:
         took = self.stack.start_redis()
+        fault.recovered_after = took
         fault.notes.append(f"restarted from its AOF, taking writes {took:.2f} s after start")
 
     def _start_redis_oom(self, fault: Fault) -> None:

@@ -26,15 +26,18 @@ import asyncio
 import json
 import os
 import random
+import signal
 import sqlite3
 import ssl
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,13 +46,16 @@ from typing import Any
 import aiohttp
 import redis
 
-from tests.chaos.faults import RECOVERY_SECONDS, Controller, plan
+from ferry.settings import Settings
+from tests.chaos.faults import ALL_KINDS, DESCRIPTIONS, RECOVERY, RECOVERY_SECONDS, Controller, plan
 from tests.chaos.load import Load, Send
 from tests.chaos.stack import API_KEY, NUM_WORKERS, PROXY_PROCESSES, Stack, Timings
 from tests.chaos.tracker import ProcessTracker, is_alive
 from tests.support.certs import make_certs
 
 SHOWN = 10  # ids listed per finding; the JSON has them all
+LISTED_FAULTS = 40  # a run with more lists its faults by kind only (all of them are in the JSON)
+DEFAULT_MAX_RETURNS = Settings.model_fields["max_returns"].default
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,33 @@ def redis_leftovers(stack: Stack) -> dict[str, list[str]]:
     finally:
         client.close()
     return {name: ids for name, ids in found.items() if ids}
+
+
+def counts(stack: Stack, ids: list[str]) -> dict[str, Any]:
+    """How often the messages were claimed (`attempts`) and taken back from dead workers
+    (`returns`), from their hashes (kept after delivery): what FERRY_MAX_RETURNS must allow."""
+    client = stack.redis_client(timeout=30)
+    attempts: list[int] = []
+    returns: list[int] = []
+    try:
+        for start in range(0, len(ids), 1000):
+            with client.pipeline(transaction=False) as pipe:
+                for message_id in ids[start : start + 1000]:
+                    pipe.hmget(stack.keys.message(message_id), "attempts", "returns")
+                for found_attempts, found_returns in pipe.execute():
+                    attempts.append(int(found_attempts or 0))
+                    returns.append(int(found_returns or 0))
+    finally:
+        client.close()
+    if not ids:
+        return {}
+    return {
+        "most_attempts": max(attempts),
+        "most_returns": max(returns),
+        "returned_at_least_once": sum(count > 0 for count in returns),
+        # With the default FERRY_MAX_RETURNS (3) these would have been buried as poison pills.
+        "returned_more_than_3_times": sum(count > DEFAULT_MAX_RETURNS for count in returns),
+    }
 
 
 def locate(stack: Stack, message_id: str, leftovers: dict[str, list[str]]) -> str:
@@ -215,7 +248,41 @@ def _some(ids: list[str] | set[str]) -> str:
 # --- the run
 
 
+class Stopped(Exception):
+    """The test process got SIGTERM or SIGINT: the run ends, its cleanup still runs."""
+
+
+@contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise `Stopped` in the main thread, so the run's processes (each in
+    a session of its own, out of reach of the terminal and of a killed parent) are still
+    killed: a CI timeout or a Ctrl-C leaves nothing behind. Even when the caller started
+    the tests with SIGINT ignored (a shell's background job)."""
+
+    raised = []
+
+    def stop(signum: int, frame: object) -> None:
+        if not raised:  # once: a second signal must not cut the cleanup short
+            raised.append(signum)
+            raise Stopped(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
 def run_chaos(directory: Path, config: ChaosConfig, log: Callable[[str], None]) -> Outcome:
+    with stopped_by_signals():
+        return _run_chaos(directory, config, log)
+
+
+def _run_chaos(directory: Path, config: ChaosConfig, log: Callable[[str], None]) -> Outcome:
     directory.mkdir(parents=True, exist_ok=True)
     begun = time.monotonic()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -268,6 +335,7 @@ def run_chaos(directory: Path, config: ChaosConfig, log: Callable[[str], None]) 
             time.sleep(1.0)
         log(f"drained after {drained_after:.1f} s" if drained_after is not None else "NOT drained in time")
         statuses = asyncio.run(_statuses(stack, sorted(expected)))
+        taken_back = counts(stack, sorted(expected))
         rows = sink_rows(stack.sink_db)
         leftovers = redis_leftovers(stack)
         tracker.scan()
@@ -374,6 +442,7 @@ def run_chaos(directory: Path, config: ChaosConfig, log: Callable[[str], None]) 
                 "duplicates": sum(row.deliveries - 1 for row in rows.values()),
                 "messages_delivered_more_than_once": sum(row.deliveries > 1 for row in rows.values()),
                 "dead": len(leftovers.get(stack.keys.dead, [])),
+                **taken_back,
                 "longest_delay_seconds": round(delays[-1], 2) if delays else None,
                 "median_delay_seconds": round(statistics.median(delays), 3) if delays else None,
                 "p99_delay_seconds": round(delays[int(0.99 * (len(delays) - 1))], 2) if delays else None,
@@ -457,6 +526,10 @@ def render(summary: dict[str, Any]) -> str:
         f"  {'dead letters':<38}{summary['dead']:>9}",
         f"  {'left in queue, in flight, retrying':<38}{sum(len(ids) for ids in summary['leftovers'].values()):>9}",
         f"  {'resends':<38}{summary['resends']:>9} ({error_text})",
+        f"  {'most claims of one message':<38}{summary.get('most_attempts', '-'):>9}",
+        f"  {'most returns from dead workers':<38}{summary.get('most_returns', '-'):>9} "
+        f"({summary.get('returned_at_least_once', 0)} messages returned, "
+        f"{summary.get('returned_more_than_3_times', 0)} more than {DEFAULT_MAX_RETURNS} times)",
         f"  {'longest delay, first send to delivery':<38}{_seconds(summary['longest_delay_seconds']):>9} "
         f"(median {_seconds(summary['median_delay_seconds'])}, p99 {_seconds(summary['p99_delay_seconds'])})",
         f"  {'drained, after the last answer':<38}{_seconds(summary['drained_after_seconds']):>9}",
@@ -466,9 +539,14 @@ def render(summary: dict[str, Any]) -> str:
         f"{_log_error_text(summary['log_errors'])}",
         f"  {'processes left behind':<38}{len(summary['left_behind']):>9} "
         f"(of {sum(summary['processes_seen'].values())} seen: {_roles(summary['processes_seen'])})",
-        "faults (seconds after the load began):",
+        f"faults by kind ({len(summary['faults'])}):",
+        *_fault_kinds(summary["faults"]),
     ]
-    for fault in summary["faults"]:
+    if len(summary["faults"]) > LISTED_FAULTS:
+        lines.append(f"each fault with its times: the summary's JSON ({len(summary['faults'])} faults)")
+    else:
+        lines.append("faults (seconds after the load began):")
+    for fault in summary["faults"] if len(summary["faults"]) <= LISTED_FAULTS else []:
         span = f"{_at(fault['started'])}" + (f"-{_at(fault['ended'])}" if fault["planned_seconds"] else "")
         detail = " ".join(part for part in (fault["target"], _params(fault["params"])) if part)
         notes = "; ".join(fault["notes"])
@@ -476,6 +554,32 @@ def render(summary: dict[str, Any]) -> str:
     lines.append("findings: " + ("none" if not summary["findings"] else ""))
     lines += [f"  - {finding}" for finding in summary["findings"]]
     return "\n".join(lines)
+
+
+def _fault_kinds(faults: list[dict[str, Any]]) -> list[str]:
+    """One line per kind: how many, how long each lasted, how long recovery took (min/median/max)."""
+    lines = []
+    for kind in ALL_KINDS:
+        of_kind = [fault for fault in faults if fault["kind"] == kind]
+        done = [fault for fault in of_kind if not any(note.startswith("skipped") for note in fault["notes"])]
+        skipped = len(of_kind) - len(done)
+        lasted = [
+            fault["ended"] - fault["started"]
+            for fault in done
+            if fault["planned_seconds"] and fault["ended"] is not None and fault["started"] is not None
+        ]
+        recovered = sorted(fault["recovered_after"] for fault in done if fault.get("recovered_after") is not None)
+        text = f"  {kind:<15}{len(done):>4}x  {DESCRIPTIONS[kind]}"
+        if lasted:
+            text += f"; {min(lasted):.1f}-{max(lasted):.1f} s each"
+        if recovered:
+            text += (
+                f"; {RECOVERY[kind]} {recovered[0]:.1f} / {statistics.median(recovered):.1f} / {recovered[-1]:.1f} s"
+            )
+        if skipped:
+            text += f" ({skipped} skipped: none might be taken then)"
+        lines.append(text)
+    return lines
 
 
 def _log_error_text(errors: dict[str, dict[str, int]]) -> str:
