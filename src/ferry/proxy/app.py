@@ -96,6 +96,7 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
     redis = connect(redis_url, retries=1)
     queue = Queue(redis)
     api_keys = ApiKeys.from_settings(settings)
+    admin_keys = ApiKeys.admin_from_settings(settings)
     metrics = ProxyMetrics()
     ingest = Ingest(settings, queue, api_keys, metrics)
 
@@ -140,10 +141,14 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
         openapi_extra={"security": [{"ApiKey": []}]},
     )
     async def message_status(message_id: str, request: Request) -> Response:
-        if api_keys.identify(request.headers.get("authorization")) is None:
+        authorization = request.headers.get("authorization")
+        admin = admin_keys is not None and admin_keys.identify(authorization) is not None
+        caller = None if admin else api_keys.identify(authorization)
+        if not admin and caller is None:
             return error_response(ErrorCode.UNAUTHORIZED, "a valid API key is required")
         found = await queue.status(message_id)  # a RedisFailure is answered by _redis_failure
-        if found is None:
+        # Another key's message is no more found than a message that never was.
+        if found is None or not (admin or found.sender == caller):
             return error_response(ErrorCode.NOT_FOUND, "no such message (or its status has expired)")
         return model_response(MessageStatusOut.of(found))
 

@@ -216,6 +216,7 @@ class Ingest:
             headers.get("content-type", DEFAULT_CONTENT_TYPE).strip(),  # OWS is no part of a value
             idempotency_key or "",
             key_id if self.rate_limited else "",
+            key_id,
         )
         try:
             result = await self.enqueuer.submit(message)
@@ -276,7 +277,7 @@ class Ingest:
             if len(body) > self.max_body_bytes:
                 raise ValueError(f"a message body is over {self.max_body_bytes} bytes")
             messages.append(
-                NewMessage(new_message_id(), body, content_type, item.idempotency_key or "", bucket)
+                NewMessage(new_message_id(), body, content_type, item.idempotency_key or "", bucket, key_id)
             )
         return messages
 

@@ -43,6 +43,7 @@ class NewMessage:
     content_type: str
     idempotency_key: str = ""
     rate_bucket: str = ""  # the API key's id, when its rate is limited
+    sender: str = ""  # the API key's id: its idempotency keys and status reads are its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,7 @@ class MessageStatus:
     status: Status
     attempts: int
     returns: int
+    sender: str | None  # the API key's id (None: stored before ferry kept it)
     last_error: str | None
     created_at_ms: int
     updated_at_ms: int
@@ -85,6 +87,7 @@ class MessageStatus:
             status=Status(text("status") or ""),  # a hash without status is no message: ValueError
             attempts=number("attempts") or 0,
             returns=number("returns") or 0,
+            sender=text("sender"),
             last_error=text("last_error") or None,
             created_at_ms=number("created_at") or 0,
             updated_at_ms=number("updated_at") or 0,

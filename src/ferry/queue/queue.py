@@ -190,6 +190,7 @@ class Queue:
                 message.content_type,
                 message.idempotency_key,
                 message.rate_bucket,
+                message.sender,
             ]
         if fsync:
             reply = await self._enqueue_fsynced(args)

@@ -6,14 +6,16 @@
 -- ARGV: message prefix, now (ms), queue cap (0: none), idempotency prefix,
 --       idempotency ttl (s), all-or-nothing ('1'/'0'), rate bucket prefix,
 --       rate (per s, 0: none), bucket capacity, then per message:
---       id, body, content type, idempotency key (''), rate bucket ('')
+--       id, body, content type, idempotency key (''), rate bucket (''), sender ('')
+-- An idempotency key is the sender's own (an API key's id): another sender's
+-- `invoice-1001` is another key, so no client can suppress another's messages.
 -- Returns per message an outcome, its detail and the message's status now:
 --   'queued', id, 'queued' | 'existing', first id, its status ('' if gone) |
 --   'full', '', '' | 'limited', wait (ms), ''
 -- or, when every message was queued (the usual case), an empty list.
 -- Idempotent per message id: a call the client retried after a timeout (the first
 -- may have run) stores nothing twice, and refuses nothing it stored.
-local FIELDS, FIRST = 5, 10
+local FIELDS, FIRST = 6, 10
 local queue = KEYS[1]
 local prefix, now, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local idempotency_prefix, idempotency_ttl = ARGV[4], ARGV[5]
@@ -71,9 +73,10 @@ local all_queued = true
 for i = 0, count - 1 do
   local base = FIRST + FIELDS * i
   local id, body, content_type = ARGV[base], ARGV[base + 1], ARGV[base + 2]
-  local idempotency, bucket = ARGV[base + 3], ARGV[base + 4]
+  local idempotency, bucket, sender = ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
+  local idempotency_key = idempotency_prefix .. sender .. ':' .. idempotency
   local outcome, detail, status = 'queued', id, 'queued'
-  local existing = idempotency ~= '' and redis.call('GET', idempotency_prefix .. idempotency)
+  local existing = idempotency ~= '' and redis.call('GET', idempotency_key)
   if existing == id or stored(id) then
     -- stored by an earlier run of this call: nothing more to do
   elseif existing then
@@ -86,11 +89,11 @@ for i = 0, count - 1 do
       outcome, detail, status = 'limited', wait, ''
     else
       redis.call('HSET', prefix .. id, 'body', body, 'content_type', content_type, 'status', 'queued',
-        'attempts', 0, 'returns', 0, 'created_at', now, 'updated_at', now)
+        'attempts', 0, 'returns', 0, 'created_at', now, 'updated_at', now, 'sender', sender)
       redis.call('LPUSH', queue, id)
       length = length + 1
       if idempotency ~= '' then
-        redis.call('SET', idempotency_prefix .. idempotency, id, 'EX', idempotency_ttl)
+        redis.call('SET', idempotency_key, id, 'EX', idempotency_ttl)
       end
     end
   end
