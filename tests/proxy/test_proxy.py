@@ -81,7 +81,7 @@ def test_idempotency_key_repeat_answers_first_id_with_200_and_enqueues_nothing(
     repeat = proxy.post(b'{"order": 7}', Idempotency_Key="order-7")
     other = proxy.post(b'{"order": 8}', Idempotency_Key="order-8")
     assert (first[0], repeat[0], other[0]) == (202, 200, 202)
-    assert repeat[2] == {"id": first[2]["id"], "status": "existing"}
+    assert repeat[2] == {"id": first[2]["id"], "status": "existing", "message_status": "queued"}
     assert queue_length(redis_url) == 2
 
 
