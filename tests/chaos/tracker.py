@@ -96,18 +96,20 @@ class ProcessTracker:
             live.append(parent)
             for pid, start in children.get(parent.pid, []):
                 seen = self.seen.get((pid, start))
-                if seen is None:
-                    seen = Seen(pid, start, self._role(pid, parent), _cmdline(pid))
+                cmdline = _cmdline(pid)
+                # Seen between fork and exec, a child still shows its parent's command
+                # line: what it is is known once it changes.
+                if seen is None or (cmdline and cmdline != seen.cmdline):
+                    seen = Seen(pid, start, self._role(pid, parent, cmdline), cmdline)
                     self.seen[(pid, start)] = seen
                 todo.append(seen)
         return live
 
     @staticmethod
-    def _role(pid: int, parent: Seen) -> str:
-        cmdline = _cmdline(pid)
+    def _role(pid: int, parent: Seen, cmdline: str) -> str:
         if parent.role == "proxy":
             return "proxy-process" if "spawn_main" in cmdline else "proxy-helper"
-        if parent.role == "workers" and "ferry worker" in cmdline:
+        if parent.role == "workers" and cmdline.endswith("-m ferry worker"):  # the supervisor's argv
             return _environ(pid, "WORKER_ID") or "worker-?"
         return "other"
 
