@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     worker_metrics_port: int = env(
         "WORKER_METRICS_PORT", "Port of the worker's /metrics (0: off).", 9100, ge=0, le=65535
     )
+    metrics_host: str = env(
+        "FERRY_METRICS_HOST",
+        "Address the workers' and supervisors' /metrics listen on (0.0.0.0: for a Prometheus elsewhere).",
+        "127.0.0.1",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = env(
         "LOG_LEVEL", "Log level.", "INFO"
     )

@@ -50,3 +50,12 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
 )
 def test_answers_are_judged_as_design_md_says(status: int, verdict: Verdict) -> None:
     assert judge(status, None, b"").verdict is verdict
+
+
+@pytest.mark.parametrize("retry_after", [0.0, 0.001, 0.5])
+def test_a_retry_after_of_next_to_nothing_waits_at_least_the_floor(retry_after: float) -> None:
+    """`Retry-After: 0` on every attempt must not make a hot loop: a second, or the
+    retry interval when that is shorter."""
+    assert next_delay_seconds(1, retry_after, settings(worker_retry_interval=30)) == 1.0
+    assert next_delay_seconds(1, retry_after, settings(worker_retry_interval=0.2)) == max(retry_after, 0.2)
+    assert next_delay_seconds(1, 7.0, settings(worker_retry_interval=30)) == 7.0  # above the floor: as asked

@@ -131,7 +131,7 @@ async def serve_workers(
     """Run the pool until SIGTERM/SIGINT (0), or until every worker keeps crashing (1)."""
     metrics = SupervisorMetrics()
     if metrics_port:
-        start_http_server(metrics_port, registry=metrics.registry)
+        start_http_server(metrics_port, addr=settings.metrics_host, registry=metrics.registry)
     supervisor = Supervisor(on_restart=lambda name: metrics.restarts.labels(name).inc())
     pool = WorkerPool(supervisor, settings, redis_url, base_metrics_port, metrics)
     stopping = asyncio.Event()

@@ -31,7 +31,7 @@ from ferry.proxy.errors import (
     redis_unavailable,
 )
 from ferry.proxy.ingest import (
-    IDEMPOTENCY_KEY_PATTERN,
+    HEADER_VALUE_PATTERN,
     Answer,
     BatchAccepted,
     BatchRequest,
@@ -294,7 +294,7 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": False,
-                    "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+                    "schema": {"type": "string", "pattern": HEADER_VALUE_PATTERN},
                 }
             ],
             "requestBody": {

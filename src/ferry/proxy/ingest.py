@@ -36,10 +36,12 @@ from ferry.settings import Settings
 from ferry.validation import one_line
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-# The one rule for an Idempotency-Key, on both routes and in the OpenAPI document:
-# 1 to 255 printable ASCII characters (a header value that every client can send).
-IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,255}$"
-IDEMPOTENCY_KEY_RULE = "1 to 255 printable ASCII characters"
+# The one rule for the header values ferry keeps (Content-Type, Idempotency-Key), on
+# both routes and in the OpenAPI document: 1 to 255 printable ASCII characters. A value
+# every client can send, stored and delivered byte for byte (latin-1 "obs-text" would
+# come back re-encoded).
+HEADER_VALUE_PATTERN = r"^[\x20-\x7e]{1,255}$"
+HEADER_VALUE_RULE = "1 to 255 printable ASCII characters"
 BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 
@@ -78,10 +80,10 @@ class BatchItem(BaseModel):
         None, pattern=BASE64_PATTERN, description="Any bytes, base64-encoded."
     )
     content_type: str = Field(  # type: ignore[assignment]
-        None, pattern=r"^[\x20-\x7e]{1,255}$", description="Default: by the body's kind."
+        None, pattern=HEADER_VALUE_PATTERN, description=f"{HEADER_VALUE_RULE}; default: by the body's kind."
     )
     idempotency_key: str = Field(  # type: ignore[assignment]
-        None, pattern=IDEMPOTENCY_KEY_PATTERN, description=IDEMPOTENCY_KEY_RULE
+        None, pattern=HEADER_VALUE_PATTERN, description=HEADER_VALUE_RULE
     )
 
     @model_validator(mode="after")
@@ -147,7 +149,7 @@ async def read_body(headers: dict[str, str], receive: Receive, limit_bytes: int)
     return b"".join(chunks)
 
 
-valid_idempotency_key = re.compile(IDEMPOTENCY_KEY_PATTERN).fullmatch
+valid_header_value = re.compile(HEADER_VALUE_PATTERN).fullmatch
 
 
 class JsonAnswer:
@@ -202,8 +204,11 @@ class Ingest:
         if key_id is None:
             return error_response(ErrorCode.UNAUTHORIZED, "a valid API key is required")
         idempotency_key = headers.get("idempotency-key")
-        if idempotency_key is not None and not valid_idempotency_key(idempotency_key):
-            return error_response(ErrorCode.INVALID_REQUEST, f"Idempotency-Key must be {IDEMPOTENCY_KEY_RULE}")
+        if idempotency_key is not None and not valid_header_value(idempotency_key):
+            return error_response(ErrorCode.INVALID_REQUEST, f"Idempotency-Key must be {HEADER_VALUE_RULE}")
+        content_type = headers.get("content-type", DEFAULT_CONTENT_TYPE).strip()  # OWS is no part of a value
+        if not valid_header_value(content_type):
+            return error_response(ErrorCode.INVALID_REQUEST, f"Content-Type must be {HEADER_VALUE_RULE}")
         try:
             body = await read_body(headers, receive, self.max_body_bytes)
         except BodyTooLarge:
@@ -213,7 +218,7 @@ class Ingest:
         message = NewMessage(
             new_message_id(),
             body,
-            headers.get("content-type", DEFAULT_CONTENT_TYPE).strip(),  # OWS is no part of a value
+            content_type,
             idempotency_key or "",
             key_id if self.rate_limited else "",
             key_id,

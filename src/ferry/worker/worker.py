@@ -500,7 +500,7 @@ async def serve(settings: Settings, redis_url: str) -> int:
     metrics = WorkerMetrics(settings.worker_id)
     if settings.worker_metrics_port:
         try:
-            start_http_server(settings.worker_metrics_port, registry=metrics.registry)
+            start_http_server(settings.worker_metrics_port, addr=settings.metrics_host, registry=metrics.registry)
         except OSError as error:
             log.error("cannot serve metrics", port=settings.worker_metrics_port, error=str(error))
             return 2
