@@ -286,6 +286,7 @@ def _run_chaos(directory: Path, config: ChaosConfig, log: Callable[[str], None])
     directory.mkdir(parents=True, exist_ok=True)
     begun = time.monotonic()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    tree_at_start = _tree()  # processes restarted during the run load the code of that moment
     tracker = ProcessTracker()
     certs = make_certs(_mkdir(directory / "certs"))
     stack = Stack(directory, certs, config.timings, tracker)
@@ -424,7 +425,7 @@ def _run_chaos(directory: Path, config: ChaosConfig, log: Callable[[str], None])
                     "senders": config.senders,
                     "wall_seconds": round(time.monotonic() - begun, 1),
                     "command": _command(),
-                    "tree": _tree(),
+                    "tree": _trees(tree_at_start, _tree()),
                     "directory": str(directory),
                 },
                 "stack": {
@@ -497,6 +498,10 @@ def _tree() -> str:
     return head.stdout.strip() + (" with uncommitted changes in src/" if dirty.stdout.strip() else "")
 
 
+def _trees(start: str, end: str) -> str:
+    return start if start == end else f"{start} at the start, {end} at the end"
+
+
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -514,7 +519,7 @@ def render(summary: dict[str, Any]) -> str:
     lines = [
         f"ferry chaos run ({run['name']}): seed {run['seed']}, {run['fault_seconds']:g} s of faults, "
         f"{run['rate_per_second']:g} messages/s in an open loop over {run['senders']} senders",
-        f"  tree: {run['tree']}",
+        f"  tree (git, src/): {run['tree']}",
         f"  {'wall time':<38}{run['wall_seconds']:>9} s",
         f"  {'messages sent':<38}{summary['messages']:>9}",
         f"  {'accepted (202)':<38}{summary['accepted']:>9}",
