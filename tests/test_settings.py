@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -9,7 +11,15 @@ from typing import Any
 import pytest
 import typer
 
-from ferry.settings import Settings, SettingsError, env_name, environment, load_settings, shown_default
+from ferry.settings import (
+    Settings,
+    SettingsError,
+    env_name,
+    environment,
+    load_settings,
+    secret_environment,
+    shown_default,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +59,7 @@ def test_unrelated_environment_names_are_not_read(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("HOME", "/somewhere/else")
     monkeypatch.setenv("API_KEYS", "leak")
     settings = load_settings()
-    assert settings.home == Path(".ferry") and settings.api_keys == ""
+    assert settings.home == Path(".ferry") and settings.api_keys.get_secret_value() == ""
 
 
 @pytest.mark.parametrize(
@@ -59,7 +69,8 @@ def test_unrelated_environment_names_are_not_read(monkeypatch: pytest.MonkeyPatc
         ("REDIS_URL", "localhost:6379", "invalid setting REDIS_URL: must start with redis://, rediss:// or unix:// (got 'localhost:6379')"),
         ("MAIN_SERVER_URL", "ftp://x", "invalid setting MAIN_SERVER_URL: must start with http:// or https:// (got 'ftp://x')"),
         ("MAIN_SERVER_CA_FILE", "/no/such/ca.pem", "invalid setting MAIN_SERVER_CA_FILE: no such file: /no/such/ca.pem (got '/no/such/ca.pem')"),
-        ("FERRY_SIGNING_SECRET", "hunter2", "invalid setting FERRY_SIGNING_SECRET: must be whsec_ followed by base64 (got 'hunter2')"),
+        ("FERRY_SIGNING_SECRET", "hunter2", "invalid setting FERRY_SIGNING_SECRET: must be whsec_ followed by base64"),
+        ("REDIS_URL", "http://:pw@cache:6379/0", "invalid setting REDIS_URL: must start with redis://, rediss:// or unix:// (got 'http://:***@cache:6379/0')"),
         ("FERRY_DURABILITY", "maybe", "invalid setting FERRY_DURABILITY: Input should be 'normal' or 'strict' (got 'maybe')"),
     ],
 )
@@ -104,9 +115,18 @@ def test_every_flag_help_names_its_variable_and_the_models_default() -> None:
 
 
 def test_child_processes_load_the_settings_their_parent_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
-    parent = load_settings(worker_concurrency=9, durability="strict", health_metrics_need_key=True)
-    for variable, value in environment(parent, "redis://127.0.0.1:1").items():
+    parent = load_settings(
+        worker_concurrency=9, durability="strict", health_metrics_need_key=True, api_keys="k1,k2",
+        signing_secret="whsec_aGVsbG8=", main_server_url="https://main.example/in?token=t0ken",
+    )
+    for variable, value in environment(parent).items():
         monkeypatch.setenv(variable, value)
+    read_fd, write_fd = os.pipe()  # the secrets as a supervisor sends them (see tests/test_secrets.py)
+    os.write(write_fd, json.dumps(secret_environment(parent, "redis://127.0.0.1:1")).encode())
+    os.close(write_fd)
+    monkeypatch.setattr("ferry.settings._inherited", None)
+    monkeypatch.setenv("FERRY_SETTINGS_FD", str(read_fd))
     child = load_settings()
+    assert "FERRY_SETTINGS_FD" not in os.environ
     assert child.model_dump(exclude={"worker_id", "redis_url"}) == parent.model_dump(exclude={"worker_id", "redis_url"})
     assert child.redis_url == "redis://127.0.0.1:1"

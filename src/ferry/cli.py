@@ -8,7 +8,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from ferry.settings import Settings, SettingsError, flag_help, load_settings
+from ferry.settings import Settings, SettingsError, flag_help, forget_secret_environment, load_settings
 
 app = typer.Typer(
     name="ferry",
@@ -39,10 +39,14 @@ def _exit_quietly_on_early_sigterm() -> None:
 
 
 def _settings(**flags: Any) -> Settings:
+    """The command's settings; then the secret ones leave its environment, so that no
+    process it starts inherits them (children get theirs through a pipe, or pickled)."""
     try:
-        return load_settings(**flags)
+        settings = load_settings(**flags)
     except SettingsError as error:
         _fail(str(error))
+    forget_secret_environment()
+    return settings
 
 
 def _delivering_settings(who: str, **flags: Any) -> Settings:

@@ -8,12 +8,13 @@ names its variable explicitly.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,6 +26,16 @@ from ferry.validation import first_problem
 
 CONFIG_FILE_ENV = "FERRY_CONFIG"
 DEFAULT_CONFIG_FILE = "ferry.toml"
+# A child of a ferry supervisor reads its secret settings from this file descriptor
+# (the read end of a pipe its parent passed it), never from its environment.
+SETTINGS_FD_ENV = "FERRY_SETTINGS_FD"
+
+# Settings whose values are secrets: never shown, never passed on in an environment.
+SECRET_FIELDS = frozenset({"api_keys", "admin_api_keys", "signing_secret"})
+# URLs that may carry a password or a token: shown only as `redacted_url` shows them,
+# and passed to children as secrets are.
+URL_FIELDS = frozenset({"redis_url", "main_server_url"})
+HIDDEN = "***"
 
 
 def env(name: str, description: str, default: Any = None, **constraints: Any) -> Any:
@@ -112,8 +123,8 @@ class Settings(BaseSettings):
 
     # ferry's own
     home: Path = env("FERRY_HOME", "Data, embedded Valkey and dev certificates.", Path(".ferry"))
-    api_keys: str = env("FERRY_API_KEYS", "Comma-separated API keys accepted by the proxy.", "")
-    admin_api_keys: str = env(
+    api_keys: SecretStr = env("FERRY_API_KEYS", "Comma-separated API keys accepted by the proxy.", "")
+    admin_api_keys: SecretStr = env(
         "FERRY_ADMIN_API_KEYS",
         "Comma-separated admin keys for the proxy's dead-letter routes (API keys never work there).",
         "",
@@ -132,7 +143,7 @@ class Settings(BaseSettings):
     durability: Literal["normal", "strict"] = env(
         "FERRY_DURABILITY", "strict: fsync to the AOF (WAITAOF) before answering 202.", "normal"
     )
-    signing_secret: str | None = env(
+    signing_secret: SecretStr | None = env(
         "FERRY_SIGNING_SECRET", "Standard Webhooks secret (whsec_<base64>) that signs deliveries."
     )
     delivery_timeout_seconds: float = env(
@@ -210,13 +221,14 @@ class Settings(BaseSettings):
 
     @field_validator("signing_secret")
     @classmethod
-    def _check_signing_secret(cls, value: str | None) -> str | None:
-        if not value:
+    def _check_signing_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        text = value.get_secret_value() if value is not None else ""
+        if not text:
             return None
-        if not value.startswith("whsec_"):
+        if not text.startswith("whsec_"):
             raise ValueError("must be whsec_ followed by base64")
         try:
-            base64.b64decode(value.removeprefix("whsec_"), validate=True)
+            base64.b64decode(text.removeprefix("whsec_"), validate=True)
         except ValueError:
             raise ValueError("must be whsec_ followed by base64") from None
         return value
@@ -241,7 +253,61 @@ class Settings(BaseSettings):
         """The raw HMAC key of the Standard Webhooks secret."""
         if self.signing_secret is None:
             return None
-        return base64.b64decode(self.signing_secret.removeprefix("whsec_"))
+        return base64.b64decode(self.signing_secret.get_secret_value().removeprefix("whsec_"))
+
+    def __repr_args__(self) -> Any:
+        # The URLs as they may be shown (SecretStr hides the other secrets itself).
+        for name, value in super().__repr_args__():
+            yield name, redacted_url(value) if name in URL_FIELDS and isinstance(value, str) else value
+
+
+def redacted_url(url: str) -> str:
+    """`url` as it may be shown: its password (or a lone user part) and its query string
+    and fragment dropped, `***` where the password was. Works on anything, URL or not.
+
+    `redis://:pw@host:6379/0` -> `redis://:***@host:6379/0`;
+    `https://hooks.example/in?token=t` -> `https://hooks.example/in`.
+    """
+    text = url.split("#", 1)[0].split("?", 1)[0]
+    scheme, separator, rest = text.rpartition("://")
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:{HIDDEN}@{host}" if colon else f"{HIDDEN}@{host}"
+    return f"{scheme}{separator}{netloc}{slash}{path}"
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of `url` that `redacted_url` hides (password, user, query string and its
+    values, fragment), raw and percent-decoded, longest first: what no message may contain."""
+    from urllib.parse import parse_qsl, unquote
+
+    parts = set()
+    base, _, fragment = url.partition("#")
+    base, _, query = base.partition("?")
+    parts.update({fragment, query})
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        parts.update({value, f"{name}={value}"})
+    netloc = base.rpartition("://")[2].partition("/")[0]
+    if "@" in netloc:
+        userinfo = netloc.rsplit("@", 1)[0]
+        user, colon, password = userinfo.partition(":")
+        parts.update({password} if colon else {user})
+    parts |= {unquote(part) for part in parts}
+    # Shorter than 4 characters, a part would turn up anywhere ("1" in "HTTP 500"): such a
+    # value is no secret worth the name.
+    return sorted((part for part in parts if len(part) >= 4), key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (an error, a body excerpt) with `url` shown redacted and its secret parts hidden."""
+    if not text:
+        return text
+    text = text.replace(url, redacted_url(url))
+    for part in url_secrets(url):
+        text = text.replace(part, HIDDEN)
+    return text
 
 
 class SettingsError(Exception):
@@ -257,28 +323,89 @@ def env_name(field_name: str) -> str:
     return field_name.upper()
 
 
-def environment(settings: Settings, redis_url: str) -> dict[str, str]:
-    """The resolved settings as environment variables, by their public names.
+def _as_text(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
-    The one way every child process of ferry (workers, the proxy's processes)
-    learns what its parent decided: it loads its settings as any ferry command
-    does. `redis_url` is the one resolved (the embedded server's, if unset);
-    `WORKER_ID` is each child's own and never passed on.
+
+def environment(settings: Settings) -> dict[str, str]:
+    """The resolved settings that are no secret, as environment variables by their public names.
+
+    How a child `ferry` command that a supervisor starts (workers, `ferry up`'s
+    proxy) learns what its parent decided; it loads its settings as any ferry
+    command does. The secrets and the URLs are not among them: they go through
+    `secret_environment` and a pipe (`ferry.processes.supervisor`). `WORKER_ID` is
+    each child's own and never passed on.
     """
     values = {}
     for name in Settings.model_fields:
         value = getattr(settings, name)
-        if value is not None and name != "worker_id":
-            values[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
-    values["REDIS_URL"] = redis_url
+        if value is not None and name != "worker_id" and name not in SECRET_FIELDS | URL_FIELDS:
+            values[env_name(name)] = _as_text(value)
     return values
+
+
+def secret_environment(settings: Settings, redis_url: str, names: frozenset[str] | None = None) -> dict[str, str]:
+    """The secret settings and the URLs (of `names`, default all), by their variable names.
+
+    For a child's settings pipe, never for an environment. `redis_url` is the one
+    resolved (the embedded server's, if REDIS_URL is unset).
+    """
+    values = {}
+    for name in sorted(names if names is not None else SECRET_FIELDS | URL_FIELDS):
+        value = redis_url if name == "redis_url" else getattr(settings, name)
+        if value is not None:
+            values[env_name(name)] = _as_text(value)
+    return values
+
+
+def secret_variables() -> list[str]:
+    """Every environment variable (in any case) that may hold a secret setting."""
+    secret = {env_name(name).upper() for name in SECRET_FIELDS | URL_FIELDS} | {SETTINGS_FD_ENV}
+    return [variable for variable in os.environ if variable.upper() in secret]
+
+
+def forget_secret_environment() -> None:
+    """Remove the secret settings' variables from this process's environment.
+
+    Once a command has loaded its settings it needs them no more, and nothing it
+    starts (workers, uvicorn's processes, the embedded Valkey) inherits them.
+    """
+    for variable in secret_variables():
+        os.environ.pop(variable, None)
+
+
+_inherited: dict[str, str] | None = None
+
+
+def inherited_secrets() -> dict[str, str]:
+    """What a supervisor sent on the pipe named by FERRY_SETTINGS_FD (read once), or {}."""
+    global _inherited
+    if _inherited is None:
+        fd_text = os.environ.pop(SETTINGS_FD_ENV, None)
+        if fd_text is None:
+            return {}
+        try:
+            fd = int(fd_text)
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            os.close(fd)
+            loaded = json.loads(b"".join(chunks) or b"{}")
+        except (OSError, ValueError):
+            raise SettingsError(f"invalid setting {SETTINGS_FD_ENV}: no settings to read on it") from None
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"invalid setting {SETTINGS_FD_ENV}: no settings to read on it")
+        _inherited = {str(name): str(value) for name, value in loaded.items()}
+    return _inherited
 
 
 def load_settings(**flags: Any) -> Settings:
     """Settings from flags (None means not given), the environment and ferry.toml."""
     given = {env_name(name): value for name, value in flags.items() if value is not None}
     try:
-        return Settings(**given)
+        return Settings(**(inherited_secrets() | given))
     except ValidationError as error:
         raise SettingsError(_describe(error)) from None
 
@@ -287,10 +414,24 @@ def _describe(error: ValidationError) -> str:
     problem = first_problem(error)
     if not problem.location:
         return f"invalid settings: {problem.message}"
-    field_name = str(problem.location[0])
-    name = env_name(field_name) if field_name in Settings.model_fields else field_name
-    shown = "" if isinstance(problem.value, dict) else f" (got {problem.value!r})"
+    located = str(problem.location[0])
+    field_name = _field_named(located)
+    name = env_name(field_name) if field_name is not None else located
+    if field_name in SECRET_FIELDS or isinstance(problem.value, dict):
+        shown = ""  # a secret's value is never shown, not even a wrong one
+    elif field_name in URL_FIELDS:
+        shown = f" (got {redacted_url(str(problem.value))!r})"
+    else:
+        shown = f" (got {problem.value!r})"
     return f"invalid setting {name}: {problem.message}{shown}"
+
+
+def _field_named(located: str) -> str | None:
+    """The field an error's location names: by the field's name or its variable's, any case."""
+    for name in Settings.model_fields:
+        if located.lower() in (name, env_name(name).lower()):
+            return name
+    return None
 
 
 def shown_default(field_name: str) -> str:

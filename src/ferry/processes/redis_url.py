@@ -10,7 +10,7 @@ from ferry.processes.embedded import EmbeddedValkey, start_or_share
 from ferry.queue import Queue
 from ferry.queue.connection import connect
 from ferry.queue.errors import RedisBug, RedisUnavailable, WritesRefused
-from ferry.settings import Settings
+from ferry.settings import Settings, redacted_url
 
 T = TypeVar("T")
 
@@ -56,8 +56,8 @@ def run_on_queue(settings: Settings, operation: Callable[[Queue], Awaitable[T]])
     try:
         return asyncio.run(run())
     except RedisUnavailable as error:
-        raise NoRedis(f"Redis at {url} does not answer: {error}") from None
+        raise NoRedis(f"Redis at {redacted_url(url)} does not answer: {error}") from None
     except WritesRefused as error:
-        raise NoRedis(f"Redis at {url} refuses writes: {error}") from None
+        raise NoRedis(f"Redis at {redacted_url(url)} refuses writes: {error}") from None
     except RedisBug as error:  # one line for the operator; the cause is in the message
-        raise NoRedis(f"Redis at {url} answered what ferry cannot use: {error}") from None
+        raise NoRedis(f"Redis at {redacted_url(url)} answered what ferry cannot use: {error}") from None

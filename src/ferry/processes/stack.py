@@ -24,12 +24,14 @@ from ferry.processes.devcerts import ensure_dev_tls
 from ferry.processes.redis_url import resolve_redis_url
 from ferry.processes.supervisor import ChildSpec, Supervisor, child_env, ferry_argv
 from ferry.processes.worker_pool import WORKER_GROUP, WorkerPool
-from ferry.settings import Settings, environment
+from ferry.settings import Settings, environment, redacted_url, secret_environment
 
 log = get_logger(__name__)
 
 READY_TIMEOUT_SECONDS = 60.0
 STOP_ORDER = ["proxy", WORKER_GROUP, "sink"]
+# What the proxy needs of the secret settings (it delivers nothing).
+PROXY_SECRETS = frozenset({"redis_url", "api_keys", "admin_api_keys"})
 
 
 class StackRefused(Exception):
@@ -58,7 +60,7 @@ class Stack:
 
 def api_key(settings: Settings) -> str:
     """FERRY_API_KEYS' first key, or one made once and kept in FERRY_HOME/api-key."""
-    given = [key.strip() for key in settings.api_keys.split(",") if key.strip()]
+    given = [key.strip() for key in settings.api_keys.get_secret_value().split(",") if key.strip()]
     if given:
         return given[0]
     path = settings.home / "api-key"
@@ -146,7 +148,8 @@ async def serve_stack(settings: Settings, redis_url: str, options: UpOptions) ->
 
     metrics = SupervisorMetrics()
     supervisor = Supervisor(on_restart=lambda name: metrics.restarts.labels(name).inc())
-    env = environment(settings, redis_url) | {"FERRY_API_KEYS": key, "FERRY_PROXY_WORKERS": str(options.proxy_workers)}
+    env = environment(settings) | {"FERRY_PROXY_WORKERS": str(options.proxy_workers)}
+    proxy_secrets = secret_environment(settings, redis_url, PROXY_SECRETS) | {"FERRY_API_KEYS": key}
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -159,9 +162,9 @@ async def serve_stack(settings: Settings, redis_url: str, options: UpOptions) ->
                 "sink", "--port", str(options.sink_port), "--db", str(home / "sink.db"),
                 "--certfile", str(settings.proxy_certfile), "--keyfile", str(settings.proxy_keyfile),
             )
-            await supervisor.add(ChildSpec("sink", sink_argv, child_env(**env), "sink"))
+            await supervisor.add(ChildSpec("sink", sink_argv, child_env(**env), "sink"))  # no secrets
             await wait_listening(supervisor, "sink", options.sink_port)
-        await supervisor.add(ChildSpec("proxy", ferry_argv("proxy"), child_env(**env), "proxy"))
+        await supervisor.add(ChildSpec("proxy", ferry_argv("proxy"), child_env(**env), "proxy", proxy_secrets))
         await wait_listening(supervisor, "proxy", settings.proxy_port)
         await pool.scale_to(options.workers)
     except StackRefused:
@@ -173,7 +176,7 @@ async def serve_stack(settings: Settings, redis_url: str, options: UpOptions) ->
                 proxy_url=f"https://127.0.0.1:{settings.proxy_port}",
                 api_key=key,
                 ca_file=ca_file,
-                main_server_url=settings.main_server_url or "",
+                main_server_url=redacted_url(settings.main_server_url or ""),
                 sink_started=start_sink,
                 worker_metrics_ports=pool.metrics_ports(),
             )

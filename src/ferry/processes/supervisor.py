@@ -5,16 +5,25 @@ supervisor, which then stops each child once, gracefully, in a chosen order
 (a worker that got the terminal's SIGINT and then the supervisor's SIGTERM would
 take the second as "stop now"). On Linux each child also gets SIGTERM if the
 supervisor dies, so no orphan keeps running.
+
+A child's secret settings (API keys, the signing secret, the URLs) never go
+through its environment, which every process it starts would inherit and which
+`/proc/<pid>/environ` shows: each start writes them on a fresh pipe whose read
+end the child alone gets (`pass_fds`), named by FERRY_SETTINGS_FD; the child
+reads them once, while loading its settings, and closes it. Nothing is on disk,
+and nothing is left to clean up when the supervisor is SIGKILLed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -22,6 +31,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ferry.logs import get_logger
+from ferry.settings import SETTINGS_FD_ENV
 
 log = get_logger(__name__)
 
@@ -45,6 +55,8 @@ class ChildSpec:
     argv: list[str]
     env: dict[str, str]
     group: str  # children stop group by group, in the order given to stop_all
+    # Settings by variable name that the child reads from a pipe, never from its environment.
+    secrets: dict[str, str] = field(default_factory=dict)
 
 
 class State(Enum):
@@ -92,12 +104,30 @@ class Supervisor:
         child.watcher = asyncio.create_task(self._watch(child), name=f"watch {spec.name}")
 
     async def _spawn(self, child: Child) -> None:
-        child.process = await asyncio.create_subprocess_exec(
-            *child.spec.argv,
-            env=child.spec.env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        if not child.spec.secrets:
+            child.process = await asyncio.create_subprocess_exec(
+                *child.spec.argv,
+                env=child.spec.env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+            log.info("started", child=child.spec.name, pid=child.process.pid)
+            return
+        read_fd, write_fd = os.pipe()
+        try:
+            child.process = await asyncio.create_subprocess_exec(
+                *child.spec.argv,
+                env={**child.spec.env, SETTINGS_FD_ENV: str(read_fd)},
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+                pass_fds=(read_fd,),
+            )
+        except BaseException:
+            os.close(write_fd)
+            raise
+        finally:
+            os.close(read_fd)
+        send_secrets(write_fd, child.spec.secrets)
         log.info("started", child=child.spec.name, pid=child.process.pid)
 
     async def _watch(self, child: Child) -> None:
@@ -188,5 +218,25 @@ class Supervisor:
             await asyncio.gather(*(self.remove(name, timeout_seconds) for name in names))
 
 
+def send_secrets(write_fd: int, secrets: dict[str, str]) -> None:
+    """Write `secrets` on the pipe and close it, from a thread of its own: a payload
+    larger than the pipe holds waits for the child to read it, without blocking the
+    event loop. A child that dies unread ends the write (EPIPE)."""
+    payload = json.dumps(secrets).encode()
+
+    def write() -> None:
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(write_fd, view) :]
+        except OSError:
+            pass  # the child is gone; its supervisor sees it exit
+        finally:
+            os.close(write_fd)
+
+    threading.Thread(target=write, name="settings pipe", daemon=True).start()
+
+
 def child_env(**overrides: str) -> dict[str, str]:
+    """This process's environment (its secrets already removed by the CLI) and `overrides`."""
     return {**os.environ, **overrides}

@@ -18,11 +18,13 @@ from ferry.processes.supervisor import ChildSpec, Supervisor, child_env, ferry_a
 from ferry.queue import Queue
 from ferry.queue.connection import connect
 from ferry.queue.errors import RedisBug, RedisFailure
-from ferry.settings import Settings, environment
+from ferry.settings import Settings, environment, secret_environment
 
 log = get_logger(__name__)
 
 WORKER_GROUP = "worker"
+# What a worker needs of the secret settings (no API keys: it answers no client).
+WORKER_SECRETS = frozenset({"redis_url", "main_server_url", "signing_secret"})
 
 
 @dataclass
@@ -43,9 +45,10 @@ class WorkerPool:
         return [self.base_metrics_port + i for i in range(self.size)]
 
     def _spec(self, number: int) -> ChildSpec:
-        env = environment(self.settings, self.redis_url)
+        env = environment(self.settings)
         env |= {"WORKER_ID": f"worker-{number}", "WORKER_METRICS_PORT": str(self.base_metrics_port + number - 1)}
-        return ChildSpec(f"worker-{number}", ferry_argv("worker"), child_env(**env), WORKER_GROUP)
+        secrets = secret_environment(self.settings, self.redis_url, WORKER_SECRETS)
+        return ChildSpec(f"worker-{number}", ferry_argv("worker"), child_env(**env), WORKER_GROUP, secrets)
 
     async def scale_to(self, count: int) -> None:
         """Add workers with the next numbers, or stop the highest-numbered ones gracefully."""

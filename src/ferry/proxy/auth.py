@@ -29,7 +29,7 @@ class ApiKeys:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiKeys:
-        hashes = [key_hash(key.strip()) for key in settings.api_keys.split(",") if key.strip()]
+        hashes = [key_hash(key.strip()) for key in settings.api_keys.get_secret_value().split(",") if key.strip()]
         if settings.api_keys_file is not None:
             hashes += read_hashes(settings.api_keys_file)
         return cls(hashes)
@@ -37,7 +37,7 @@ class ApiKeys:
     @classmethod
     def admin_from_settings(cls, settings: Settings) -> ApiKeys | None:
         """The keys of FERRY_ADMIN_API_KEYS, or None: no one may administer."""
-        keys = [key.strip() for key in settings.admin_api_keys.split(",") if key.strip()]
+        keys = [key.strip() for key in settings.admin_api_keys.get_secret_value().split(",") if key.strip()]
         return cls([key_hash(key) for key in keys]) if keys else None
 
     def identify(self, authorization: str | None) -> str | None:

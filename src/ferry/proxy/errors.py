@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
@@ -11,7 +12,7 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from ferry.logs import get_logger
-from ferry.queue.errors import RedisFailure, RedisUnavailable, WritesRefused
+from ferry.queue.errors import RedisFailure, RedisUnavailable, WritesRefused, refusal_reason
 
 log = get_logger(__name__)
 
@@ -94,16 +95,32 @@ def redis_failed(error: RedisFailure, unavailable_detail: str = "") -> Response:
     else is a bug (in ferry, or data not ferry's): 500 internal_error, logged with
     its traceback.
     """
+    # A client is told what happened in ferry's words and Redis's error code and reason,
+    # never the host, port or password that redis-py's messages name: those go to the log.
     if isinstance(error, RedisUnavailable):
-        return redis_unavailable(f"{unavailable_detail}{error}")
+        _log_outage("redis unavailable, answering 503", error)
+        return redis_unavailable(f"{unavailable_detail}Redis is unavailable")
     if isinstance(error, WritesRefused):
+        _log_outage("redis refuses writes, answering 503", error)
         return error_response(
             ErrorCode.REDIS_REFUSING_WRITES,
-            f"Redis refuses writes, nothing was stored: {error}",
+            f"Redis refuses writes, nothing was stored: {refusal_reason(error)}",
             REDIS_RETRY_AFTER_SECONDS,
         )
     log.error("unexpected answer from redis", error=str(error), exc_info=error)
     return error_response(ErrorCode.INTERNAL_ERROR, "see the proxy's log")
+
+
+# An outage makes a 503 of every request: its details are logged once per interval, not per answer.
+OUTAGE_LOG_SECONDS = 5.0
+_outage_logged: dict[str, float] = {}
+
+
+def _log_outage(event: str, error: RedisFailure) -> None:
+    now = time.monotonic()
+    if now - _outage_logged.get(event, -OUTAGE_LOG_SECONDS) >= OUTAGE_LOG_SECONDS:
+        _outage_logged[event] = now
+        log.warning(event, error=str(error))
 
 
 def described(*codes: ErrorCode) -> dict[int, str]:

@@ -22,7 +22,7 @@ from ferry.queue.connection import (
     connect,
 )
 from ferry.queue.errors import RedisUnavailable, WritesRefused
-from ferry.settings import Settings, environment, load_settings
+from ferry.settings import Settings
 
 log = get_logger(__name__)
 
@@ -32,14 +32,24 @@ class ProxyRefused(Exception):
     """The proxy will not start; the message says why in one line."""
 
 
-def app_from_environment() -> ASGIApp:
-    """The app in each uvicorn process, from the settings its parent resolved (`environment`)."""
-    from ferry.proxy.app import create_app
+class ProxyApp:
+    """The app factory of each uvicorn process, holding the settings its parent resolved.
 
-    settings = load_settings()
-    assert settings.redis_url is not None, "the parent passes the resolved REDIS_URL"
-    configure(settings.log_level)
-    return create_app(settings, settings.redis_url)
+    uvicorn's multiprocess supervisor pickles its config, this factory in it, through
+    the pipe it spawns each process with: the settings (API keys, the Redis URL and its
+    password) reach the processes without passing through their environment, which
+    anything they start would inherit.
+    """
+
+    def __init__(self, settings: Settings, redis_url: str) -> None:
+        self.settings = settings
+        self.redis_url = redis_url
+
+    def __call__(self) -> ASGIApp:
+        from ferry.proxy.app import create_app
+
+        configure(self.settings.log_level)
+        return create_app(self.settings, self.redis_url)
 
 
 def is_loopback(host: str) -> bool:
@@ -94,9 +104,9 @@ def run_proxy(settings: Settings, insecure: bool = False) -> None:
     metrics_dir = tempfile.mkdtemp(prefix="ferry-proxy-metrics-")
     try:
         asyncio.run(check_redis(settings, redis_url))
-        os.environ.update(environment(settings, redis_url) | {"PROMETHEUS_MULTIPROC_DIR": metrics_dir})
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # no secret; prometheus_client reads it there
         config = ProxyConfig(
-            "ferry.proxy.server:app_from_environment",
+            ProxyApp(settings, redis_url),
             factory=True,
             host=settings.proxy_host,
             port=settings.proxy_port,

@@ -105,3 +105,15 @@ def _describe(error: Exception) -> str:
         if isinstance(code, str) and code and not text.startswith(code):
             text = f"{code} {text}"  # redis-py drops the code it made a class of
     return text or type(error).__name__
+
+
+def refusal_reason(error: WritesRefused) -> str:
+    """Redis's own reply to a refused write (`OOM command not allowed ...`), fit to tell a
+    client: its error code and reason, without a pipeline's wording around it (which names
+    the command and its arguments)."""
+    text = str(error)
+    _, annotated, reply = text.rpartition(_PIPELINE_ANNOTATION)
+    if annotated:
+        text = reply.strip("'\"(),")
+    line = text.strip().splitlines()[0] if text.strip() else "writes refused"
+    return line[:200]

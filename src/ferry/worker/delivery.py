@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import Enum
@@ -17,7 +17,7 @@ import aiohttp
 
 from ferry import __version__
 from ferry.queue.message import Message
-from ferry.settings import Settings
+from ferry.settings import Settings, scrub
 
 # Answers that say "not now" rather than "never": retried like a 5xx.
 RETRYABLE_4XX = frozenset({408, 425, 429})
@@ -133,6 +133,14 @@ class Deliverer:
         }
         if self.signing_key is not None:
             headers |= signature_headers(self.signing_key, message.id, message.body)
+        outcome = await self._attempt(message, headers)
+        # The error becomes the message's last_error and log lines: whatever said it (aiohttp
+        # names the URL in some errors, a main server may echo it), the URL's password and
+        # query string (a token, often) are not in it.
+        return replace(outcome, error=scrub(outcome.error, self.url)) if outcome.error else outcome
+
+    async def _attempt(self, message: Message, headers: dict[str, str]) -> Outcome:
+        assert self._session is not None
         try:
             async with self._session.post(
                 self.url, data=message.body, headers=headers, allow_redirects=False
