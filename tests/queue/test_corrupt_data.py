@@ -91,9 +91,9 @@ async def place_bad_one(queue: Queue, message_id: str, where: str) -> None:
         await redis.zadd(keys.retry, {message_id: now_ms() - 1})
     elif where == "dead worker":
         await redis.sadd(keys.workers, "gone-worker")  # type: ignore[misc]
-        await redis.lpush(keys.in_flight("gone-worker"), message_id)  # type: ignore[misc]
+        await redis.zadd(keys.in_flight("gone-worker"), {message_id: now_ms()})
     else:  # a claim of the live worker whose reply was lost
-        await redis.lpush(keys.in_flight("live"), message_id)  # type: ignore[misc]
+        await redis.zadd(keys.in_flight("live"), {message_id: now_ms()})
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

@@ -102,3 +102,23 @@ async def test_dead_letters_of_an_older_ferry_move_into_the_current_layout(redis
         assert await queue.upgrade() == 0
     finally:
         await client.aclose()
+
+
+async def test_in_flight_lists_of_an_older_ferry_become_sets_in_claim_order(redis_url: str) -> None:
+    """A worker of ferry 0.1 died holding 450 ids in a list: after the upgrade the reaper
+    gives them back, oldest first at the queue's front."""
+    client = connect(redis_url)
+    queue = Queue(client)
+    try:
+        sent = messages(450)
+        await queue.enqueue(sent)
+        ids = [m.id for m in sent]
+        await client.delete(queue.keys.queue)
+        await client.lpush(queue.keys.in_flight("old-worker"), *ids)  # type: ignore[misc]  # 0.1: newest claim at the left
+        await client.sadd(queue.keys.workers, "old-worker")  # type: ignore[misc]
+        assert await queue.upgrade() == 450
+        assert await client.type(queue.keys.in_flight("old-worker")) == b"zset"
+        assert (await queue.reap(max_returns=3)).returned == 450
+        assert [raw.decode() for raw in await client.lrange(queue.keys.queue, 0, -1)][::-1] == ids
+    finally:
+        await client.aclose()

@@ -37,8 +37,8 @@ async def places(queue: Queue, message_id: str) -> list[str]:
         found.append("queue")
     # Every in-flight list, the registry's or not: an id in the list of a worker nobody
     # will reap is stranded, and must show here.
-    async for key in redis.scan_iter(match=keys.in_flight_prefix + "*", _type="list"):
-        if message_id.encode() in await redis.lrange(key, 0, -1):
+    async for key in redis.scan_iter(match=keys.in_flight_prefix + "*"):
+        if await redis.zscore(key, message_id) is not None:
             found.append("in-flight:" + key.decode().removeprefix(keys.in_flight_prefix))
     if await redis.zscore(keys.retry, message_id) is not None:
         found.append("retry")

@@ -118,4 +118,8 @@ def test_translation_keeps_what_is_already_ferrys_and_names_every_code() -> None
     assert isinstance(translate(redis.exceptions.ResponseError("NOREPLICAS Not enough good replicas")), WritesRefused)
     assert isinstance(translate(redis.exceptions.InvalidResponse("Protocol error")), RedisBug)
     assert isinstance(translate(ValueError("invalid literal for int()")), RedisBug)
+    # Seen once in a long chaos run, a Valkey restart under a worker on uvloop:
+    closed = RuntimeError("unable to perform operation on <TCPTransport closed=True reading=False 0x1>; the handler is closed")
+    assert isinstance(translate(closed), RedisUnavailable)
+    assert isinstance(translate(RuntimeError("something else")), RedisBug)
     assert all(issubclass(kind, RedisFailure) for kind in (RedisUnavailable, WritesRefused, RedisBug))

@@ -62,7 +62,7 @@ def dead_ids(redis_url: str) -> list[str]:
 
 
 def in_flight(redis_url: str, worker_id: str) -> list[str]:
-    return [raw.decode() for raw in client(redis_url).lrange(f"{{message_queue}}:inflight:{worker_id}", 0, -1)]
+    return [raw.decode() for raw in client(redis_url).zrange(f"{{message_queue}}:inflight:{worker_id}", 0, -1)]
 
 
 def registered_workers(redis_url: str) -> set[str]:

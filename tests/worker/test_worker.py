@@ -409,7 +409,7 @@ def test_messages_claimed_by_a_lost_reply_are_delivered_while_the_worker_lives(
                 "body": b'{"stray": %d}' % number, "content_type": "application/json", "status": "delivering",
                 "attempts": 1, "returns": 0, "created_at": now, "updated_at": now, "worker": "w1",
             })
-            pipe.lpush(keys.in_flight("w1"), message_id)
+            pipe.zadd(keys.in_flight("w1"), {message_id: now})
         pipe.execute()
     wait_until(unique(sink, 3), timeout=20)
     assert all(status(redis_url, message_id).status == "delivered" for message_id in strays)

@@ -36,7 +36,7 @@ def active(worker: FerryProcess) -> float:
 def stranded(redis_url: str) -> list[bytes]:
     """Ids in any in-flight list at all, registered worker or not."""
     redis = client(redis_url)
-    return [i for key in redis.scan_iter(match="{message_queue}:inflight:*") for i in redis.lrange(key, 0, -1)]
+    return [i for key in redis.scan_iter(match="{message_queue}:inflight:*") for i in redis.zrange(key, 0, -1)]
 
 
 def test_a_frozen_worker_is_fenced_off_then_rejoins_and_nothing_is_lost_or_stranded(

@@ -75,7 +75,7 @@ def translate(error: Exception) -> RedisFailure:
     if isinstance(error, RedisFailure):
         return error
     kind: type[RedisFailure]
-    if isinstance(error, (RedisConnectionError, RedisTimeoutError, OSError)):
+    if isinstance(error, (RedisConnectionError, RedisTimeoutError, OSError)) or _closed_transport(error):
         kind = RedisUnavailable  # includes LOADING (BusyLoadingError), timeouts, sockets
     elif isinstance(error, (OutOfMemoryError, ReadOnlyError)):
         kind = WritesRefused
@@ -96,6 +96,12 @@ def translate(error: Exception) -> RedisFailure:
     translated = kind(_describe(error))
     translated.__cause__ = error
     return translated
+
+
+def _closed_transport(error: Exception) -> bool:
+    """uvloop's answer to a write on a connection that closed under redis-py while it
+    reconnected (MagicStack/uvloop#506): Redis went away, nothing ferry did wrong."""
+    return isinstance(error, RuntimeError) and "unable to perform operation on" in str(error)
 
 
 def _describe(error: Exception) -> str:

@@ -28,12 +28,12 @@ class Keys:
 
     @property
     def in_flight_prefix(self) -> str:
-        """Prefix of the list of ids a worker has claimed and not yet settled."""
+        """Prefix of the sorted set (by claim time) of ids a worker has claimed and not yet settled."""
         return f"{self.tag}:inflight:"
 
     @property
     def heartbeat_prefix(self) -> str:
-        """Prefix of the key whose TTL is a worker's lease on its in-flight list."""
+        """Prefix of the key whose TTL is a worker's lease on its in-flight set."""
         return f"{self.tag}:heartbeat:"
 
     @property
@@ -64,7 +64,7 @@ class Keys:
 
     @property
     def workers(self) -> str:
-        """Set of worker ids that may hold in-flight lists (what the reaper scans)."""
+        """Set of worker ids that may hold in-flight sets (what the reaper scans)."""
         return f"{self.tag}:workers"
 
     @property

@@ -217,11 +217,11 @@ class Queue:
     async def claim(
         self, worker_id: str, limit: int, *, holder: str, block_seconds: float = 0
     ) -> list[Message]:
-        """Take up to `limit` messages into this worker's in-flight list.
+        """Take up to `limit` messages into this worker's in-flight set.
 
         With `block_seconds`, wait that long on an empty queue for the first. The
         wait moves nothing (BLMOVE from the queue's front back to its front): an id
-        moved into the in-flight list outside the fenced claim script could be
+        moved into the in-flight set outside the fenced claim script could be
         stranded there by a worker that was fenced off meanwhile and then died.
         Raises `Fenced` when `holder` does not hold the worker's lease.
         """
@@ -258,7 +258,7 @@ class Queue:
     ) -> int:
         """Record deliveries: status `delivered`, bodies freed; how many were recorded.
 
-        Out of this worker's in-flight list, or, for one the reaper took back
+        Out of this worker's in-flight set, or, for one the reaper took back
         meanwhile, off wherever it waits (see ack.lua): the main server has it.
         """
         recorded = await self._ack(
@@ -353,16 +353,16 @@ class Queue:
         return await self._give_back(worker_id, (), holder, sign_off=True)
 
     async def return_strays(self, worker_id: str, held: Collection[str], *, holder: str) -> int:
-        """Give back what this worker's in-flight list holds beyond `held`: claims whose
+        """Give back what this worker's in-flight set holds beyond `held`: claims whose
         replies were lost. Only safe while no claim of this worker is under way."""
         return await self._give_back(worker_id, held, holder, sign_off=False)
 
     async def _give_back(
         self, worker_id: str, held: Collection[str], holder: str, *, sign_off: bool
     ) -> int:
-        released, left = 0, 1
-        while left:
-            given_back, left = await self._release(
+        released, start, more = 0, 0, 1
+        while more:
+            given_back, start, more = await self._release(
                 keys=[
                     self.keys.in_flight(worker_id),
                     self.keys.queue,
@@ -377,6 +377,7 @@ class Queue:
                     "1" if sign_off else "0",
                     holder,
                     SCRIPT_CHUNK,
+                    start,
                     *held,
                 ],
             )
@@ -480,17 +481,16 @@ class Queue:
         return int(await self.redis.zcard(self.keys.dead))
 
     async def upgrade(self) -> int:
-        """Move what an older ferry left in an older layout (dead letters in a list); how many."""
-        moved = 0
-        while True:
-            before = await self.redis.llen(self.keys.legacy_dead_list)  # type: ignore[misc]
-            if not before:
-                return moved
-            left = await self._upgrade(
-                keys=[self.keys.legacy_dead_list, self.keys.dead],
-                args=[self.keys.message_prefix, now_ms(), SCRIPT_CHUNK],
+        """Move what ferry 0.1 kept as lists (dead letters, in-flight ids) into today's
+        sorted sets, a chunk a call; how many ids were moved. Run at worker start."""
+        moved, left = 0, 1
+        while left:
+            moved_now, left = await self._upgrade(
+                keys=[self.keys.legacy_dead_list, self.keys.dead, self.keys.workers],
+                args=[self.keys.message_prefix, now_ms(), SCRIPT_CHUNK, self.keys.in_flight_prefix],
             )
-            moved += int(before) - int(left)
+            moved += int(moved_now)
+        return moved
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())  # type: ignore[misc]

@@ -304,7 +304,7 @@ class Worker:
         """Keep every delivery slot busy, with up to a slot's worth more claimed ahead.
 
         The claimed-ahead messages wait in `self.waiting` (and in Redis, in this
-        worker's in-flight list, under its lease): a finished delivery starts the
+        worker's in-flight set, under its lease): a finished delivery starts the
         next one at once instead of waiting a claim's round trip.
         """
         concurrency = self.settings.worker_concurrency
@@ -342,7 +342,7 @@ class Worker:
             self._start_waiting()
 
     async def _return_strays(self) -> None:
-        """Give back what this worker's in-flight list holds that the worker does not know of.
+        """Give back what this worker's in-flight set holds that the worker does not know of.
 
         A claim whose reply was lost (Redis died after running it, or the client
         retried it on a dropped connection) leaves its ids there, and under this

@@ -1,7 +1,7 @@
 -- Storage layout: docs/storage.md
 -- ack: the main server took these messages. Record each success, free the body and
 -- let the status expire, in one step.
--- Normally the id is in this worker's in-flight list. When it is not (the worker's
+-- Normally the id is in this worker's in-flight set. When it is not (the worker's
 -- lease lapsed, the reaper gave it back, maybe another process now holds the lease
 -- under the same worker id), the delivery still happened: it is recorded where the
 -- message waits (queued: taken off the queue, found near its front where the reaper
@@ -9,7 +9,7 @@
 -- delivered again and no list keeps an id whose message says `delivered`. A message
 -- that another worker is delivering now is left to it (a duplicate the main server
 -- drops by id). A key that is no message hash is left as it is.
--- KEYS[1] in-flight list, KEYS[2] heartbeat, KEYS[3] queue, KEYS[4] retry schedule,
+-- KEYS[1] in-flight set, KEYS[2] heartbeat, KEYS[3] queue, KEYS[4] retry schedule,
 -- KEYS[5] dead letters
 -- ARGV: message prefix, now (ms), status ttl (s), lease holder, ids...
 -- Returns how many were recorded.
@@ -29,7 +29,7 @@ for i = 5, #ARGV do
   local id = ARGV[i]
   local key = prefix .. id
   if redis.call('TYPE', key)['ok'] == 'hash' then
-    local mine = holds_lease and redis.call('LREM', in_flight, -1, id) > 0
+    local mine = holds_lease and redis.call('ZREM', in_flight, id) > 0
     if mine or settled_elsewhere(id, key) then
       redis.call('HSET', key, 'status', 'delivered', 'delivered_at', now, 'updated_at', now)
       redis.call('HDEL', key, 'body', 'worker', 'next_attempt_at')

@@ -1,10 +1,12 @@
 -- Storage layout: docs/storage.md
--- claim: move up to `limit` ids from the queue into this worker's in-flight list
+-- claim: move up to `limit` ids from the queue into this worker's in-flight set
 -- and load what delivering them needs, in one round trip. Only for the holder of
 -- the worker's lease: a worker the reaper has fenced off claims nothing (its
--- in-flight list would hold ids nobody gives back). An id whose message cannot be
+-- in-flight set would hold ids nobody gives back). An id whose message cannot be
 -- read is buried as corrupt, never delivered.
--- KEYS[1] queue, KEYS[2] in-flight list of this worker, KEYS[3] dead letters,
+-- The in-flight set is scored by claim time (ms): an index by id for ack and fail,
+-- and the claim order for the reaper.
+-- KEYS[1] queue, KEYS[2] in-flight set of this worker, KEYS[3] dead letters,
 -- KEYS[4] heartbeat of this worker
 -- ARGV: message prefix, now (ms), limit, worker id, lease holder
 -- Returns flat: id, body, content type, attempt, created_at; per message; or
@@ -18,16 +20,13 @@ local function take(id)
   local key = prefix .. id
   local problem = message_problem(key)
   if problem then
-    redis.call('LREM', in_flight, -1, id)
     bury_corrupt(dead, key, id, problem, now)
     return
   end
   local fields = redis.call('HMGET', key, 'body', 'content_type', 'created_at', 'status')
   -- Delivered meanwhile (a copy handed back from a worker presumed dead): nothing to do.
-  if fields[4] == 'delivered' then
-    redis.call('LREM', in_flight, -1, id)
-    return
-  end
+  if fields[4] == 'delivered' then return end
+  redis.call('ZADD', in_flight, now, id)
   local attempt = redis.call('HINCRBY', key, 'attempts', 1)
   redis.call('HSET', key, 'status', 'delivering', 'updated_at', now, 'worker', worker)
   claimed[#claimed + 1] = id
@@ -38,7 +37,7 @@ local function take(id)
 end
 
 for _ = 1, limit do
-  local id = redis.call('LMOVE', queue, in_flight, 'RIGHT', 'LEFT')
+  local id = redis.call('RPOP', queue)
   if not id then break end
   take(id)
 end

@@ -5,12 +5,12 @@
 -- is already queued elsewhere and moving it again would make two copies.
 -- Only the holder of the worker's lease acts: a fenced-off worker's ids were given
 -- back by the reaper, or will be.
--- KEYS[1] in-flight list, KEYS[2] retry schedule, KEYS[3] dead letters, KEYS[4] message hash,
+-- KEYS[1] in-flight set, KEYS[2] retry schedule, KEYS[3] dead letters, KEYS[4] message hash,
 -- KEYS[5] heartbeat
 -- ARGV: id, now (ms), error, due (ms, '' to bury), lease holder
 local id, now, error, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if redis.call('GET', KEYS[5]) ~= ARGV[5] then return 0 end
-if redis.call('LREM', KEYS[1], -1, id) == 0 then return 0 end
+if redis.call('ZREM', KEYS[1], id) == 0 then return 0 end
 local problem = message_problem(KEYS[4])
 if problem then
   bury_corrupt(KEYS[3], KEYS[4], id, problem, now)

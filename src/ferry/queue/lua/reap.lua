@@ -21,8 +21,9 @@ for _, worker in ipairs(redis.call('SMEMBERS', registry)) do
     local in_flight = in_flight_prefix .. worker
     -- Newest claim first, each pushed to the queue's front: the oldest ends up
     -- at the very front, so the queue keeps the original order.
-    local id = budget > 0 and redis.call('LPOP', in_flight)
-    while id do
+    local newest = budget > 0 and redis.call('ZRANGE', in_flight, 0, budget - 1, 'REV') or {}
+    for _, id in ipairs(newest) do
+      redis.call('ZREM', in_flight, id)
       budget = budget - 1
       local key = prefix .. id
       local problem, status = message_problem(key)
@@ -44,7 +45,6 @@ for _, worker in ipairs(redis.call('SMEMBERS', registry)) do
           returned = returned + 1
         end
       end
-      id = budget > 0 and redis.call('LPOP', in_flight)
     end
     if redis.call('EXISTS', in_flight) == 1 then return {returned, buried, 1} end
     redis.call('SREM', registry, worker)
