@@ -11,10 +11,12 @@ environment the user gave (the started command's own) may hold them.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import socket
 import socketserver
+import ssl
 import subprocess
 import threading
 import time
@@ -338,3 +340,35 @@ def test_delivery_errors_worker_logs_and_worker_environments_hold_no_secret(
     log = workers.log()
     assert "delivery failed, will retry" in log and "HTTP 500" in log
     assert_no_secret("the workers' log", log)
+
+
+def test_ferry_ups_children_inherit_no_secret(tmp_path: Path, locked_redis: PasswordRedis) -> None:
+    home = tmp_path / "home"
+    proxy_port, main_port, metrics_port = free_port(), free_port(), free_port_range(1)
+    env = secret_env(locked_redis.url, f"http://127.0.0.1:{main_port}/hook?token={TOKEN}") | {
+        "FERRY_HOME": str(home),
+        "PROXY_PORT": str(proxy_port),
+        "LOG_LEVEL": "INFO",
+    }
+    up = FerryProcess(
+        ["up", "--workers", "1", "--proxy-workers", "2", "--base-metrics-port", str(metrics_port)],
+        env,
+        tmp_path / "up.log",
+    )
+    up.start()
+    try:
+        block = wait_until(lambda: "send one" in (log := up.log()) and log, timeout=90)
+        assert f"main server   http://127.0.0.1:{main_port}/hook\n" in block  # redacted
+        # Valkey is the user's, the sink is not started: proxy, its 2 processes (and
+        # multiprocessing's resource tracker), the worker.
+        assert_environments_clean(up.pid, at_least=4)
+        context = ssl.create_default_context(cafile=str(home / "tls" / "ca.pem"))
+        connection = http.client.HTTPSConnection("127.0.0.1", proxy_port, timeout=10, context=context)
+        connection.request("POST", "/api/v1/messages", b"{}", {"Authorization": f"Bearer {API_KEY}"})
+        assert connection.getresponse().status == 202  # the proxy got its API key through the pipe
+        connection.close()
+    finally:
+        up.stop()
+    # The ready block shows the API key on purpose (the user needs it for curl); nothing else may.
+    log = up.log().replace(f"API key       {API_KEY}", "").replace(f"Bearer {API_KEY}", "")
+    assert_no_secret("ferry up's log", log)
