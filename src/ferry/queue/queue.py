@@ -24,10 +24,11 @@ from ferry.queue.message import DeadLetter, Message, MessageStatus, NewMessage, 
 EnqueueOutcome = Literal["queued", "existing", "full", "limited"]
 FSYNC_TIMEOUT_MS = 2000
 # Ids one script call handles at most, where a call could otherwise handle any number
-# (reap, give back, promote, replay, purge): a few milliseconds of Redis each
+# (reap, give back, promote, replay, purge): a few milliseconds of Redis each, on a busy
+# machine too
 # (bench/script_cost.py), so a million dead letters or a worker that died holding ten
 # thousand never stall the other clients. The caller calls again while there is more.
-SCRIPT_CHUNK = 200
+SCRIPT_CHUNK = 100
 DEAD_LETTER_FIELDS = ("attempts", "returns", "last_error", "created_at", "updated_at")
 
 

@@ -18,11 +18,12 @@ end
 -- not: 'gone' (no key at all), a key of another type, a field missing or not what
 -- ferry writes there.
 local function message_problem(key)
-  local kind = redis.call('TYPE', key)['ok']
-  if kind == 'none' then return 'gone' end
-  if kind ~= 'hash' then return 'the key holds a ' .. kind .. ', not a hash' end
-  local values = redis.call('HMGET', key, unpack(MESSAGE_FIELDS))
+  -- pcall: a key of another type answers an error here instead of ending the script
+  -- (and the usual case costs one call, not a TYPE first).
+  local values = redis.pcall('HMGET', key, unpack(MESSAGE_FIELDS))
+  if values['err'] then return 'the key holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash' end
   local status = values[1]
+  if not status and redis.call('EXISTS', key) == 0 then return 'gone' end
   if not status then return 'status is missing' end
   if not MESSAGE_STATUSES[status] then return 'status is ' .. shown(status) end
   for i = 2, #MESSAGE_FIELDS do
