@@ -120,6 +120,39 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = env(
         "FERRY_IDEMPOTENCY_TTL_SECONDS", "How long an Idempotency-Key maps to its first message.", 86400, ge=1
     )
+    # Each proxy process holds its clients to these (ferry.adapters.uvicorn applies them).
+    head_timeout_seconds: float = env(
+        "FERRY_HEAD_TIMEOUT_SECONDS",
+        "Time a client has to send a whole request head (from connecting, or from a later request's "
+        "first byte); then 408 request_timeout.",
+        10.0,
+        gt=0,
+    )
+    body_timeout_seconds: float = env(
+        "FERRY_BODY_TIMEOUT_SECONDS",
+        "Longest wait for the next KiB of a request body (or its end); then 408 request_timeout.",
+        10.0,
+        gt=0,
+    )
+    keep_alive_seconds: float = env(
+        "FERRY_KEEP_ALIVE_SECONDS",
+        "How long a connection may wait for a request (after connecting or an answer) before it is closed.",
+        5.0,
+        gt=0,
+    )
+    max_connections: int = env(
+        "FERRY_MAX_CONNECTIONS",
+        "Connections each proxy process holds; past them a new one is answered 503 too_many_connections.",
+        1000,
+        ge=1,
+    )
+    body_buffer_bytes: int = env(
+        "FERRY_BODY_BUFFER_BYTES",
+        "Request body bytes each proxy process holds past every request's first 64 KiB; past them "
+        "503 body_buffer_full.",
+        64 << 20,
+        ge=0,
+    )
 
     # ferry's own
     home: Path = env("FERRY_HOME", "Data, embedded Valkey and dev certificates.", Path(".ferry"))
@@ -232,6 +265,12 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError("must be whsec_ followed by base64") from None
         return value
+
+    @model_validator(mode="after")
+    def _body_buffer_holds_a_body(self) -> Settings:
+        if self.body_buffer_bytes + 64 * 1024 < self.max_body_bytes:  # 64 KiB of each body are not counted
+            raise ValueError("FERRY_BODY_BUFFER_BYTES must hold a body of FERRY_MAX_BODY_BYTES (less 64 KiB)")
+        return self
 
     @model_validator(mode="after")
     def _cert_needs_key(self) -> Settings:

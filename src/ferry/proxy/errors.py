@@ -18,11 +18,13 @@ log = get_logger(__name__)
 
 
 class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"  # 400: not valid HTTP/1.1 (the connection is closed)
     UNAUTHORIZED = "unauthorized"  # 401: no key, or not one of ours (nothing more is said)
     FORBIDDEN = "forbidden"  # 403: a valid API key, but the route needs an admin key
     ADMIN_DISABLED = "admin_disabled"  # 403: a valid API key, and no admin keys are configured
     NOT_FOUND = "not_found"  # 404
     METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
+    REQUEST_TIMEOUT = "request_timeout"  # 408: a head or body too slow (FERRY_*_TIMEOUT_SECONDS; closed)
     PAYLOAD_TOO_LARGE = "payload_too_large"  # 413: body over FERRY_MAX_BODY_BYTES
     HEADERS_TOO_LARGE = "headers_too_large"  # 431: a request head over 32 KiB (the connection is closed)
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415: a batch that is not JSON
@@ -32,14 +34,18 @@ class ErrorCode(StrEnum):
     QUEUE_FULL = "queue_full"  # 503: past FERRY_MAX_QUEUE_SIZE
     REDIS_UNAVAILABLE = "redis_unavailable"  # 503: not confirmed stored (if Redis died mid-call, it may be)
     REDIS_REFUSING_WRITES = "redis_refusing_writes"  # 503: Redis answers but stores nothing (OOM, MISCONF, READONLY)
+    TOO_MANY_CONNECTIONS = "too_many_connections"  # 503: past FERRY_MAX_CONNECTIONS (closed)
+    BODY_BUFFER_FULL = "body_buffer_full"  # 503: past FERRY_BODY_BUFFER_BYTES of bodies held (closed)
 
 
 STATUS = {
+    ErrorCode.BAD_REQUEST: 400,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.ADMIN_DISABLED: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.HEADERS_TOO_LARGE: 431,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
@@ -49,11 +55,23 @@ STATUS = {
     ErrorCode.QUEUE_FULL: 503,
     ErrorCode.REDIS_UNAVAILABLE: 503,
     ErrorCode.REDIS_REFUSING_WRITES: 503,
+    ErrorCode.TOO_MANY_CONNECTIONS: 503,
+    ErrorCode.BODY_BUFFER_FULL: 503,
 }
+
+# What the proxy's HTTP layer (ferry.adapters.uvicorn) may answer any request, before a
+# route sees it; and, for a body past its first 64 KiB, BODY_BUFFER_FULL.
+CONNECTION_REFUSALS = (
+    ErrorCode.BAD_REQUEST,
+    ErrorCode.REQUEST_TIMEOUT,
+    ErrorCode.HEADERS_TOO_LARGE,
+    ErrorCode.TOO_MANY_CONNECTIONS,
+)
 
 # How long to tell a client to wait when ferry cannot take its request now.
 REDIS_RETRY_AFTER_SECONDS = 1
 FULL_RETRY_AFTER_SECONDS = 5
+BUSY_RETRY_AFTER_SECONDS = 1  # too many connections, or of bodies held: others finish within seconds
 
 
 class ErrorBody(BaseModel):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import resource
 import shutil
 import ssl
 import tempfile
 
 from starlette.types import ASGIApp
 
-from ferry.adapters.uvicorn import ProxyConfig, ProxyHttpProtocol, serve
+from ferry.adapters.uvicorn import REFUSING_AT_MOST, Limits, ProxyConfig, ProxyHttpProtocol, serve
 from ferry.logs import configure, get_logger
 from ferry.processes.redis_url import resolve_redis_url
 from ferry.proxy.auth import ApiKeys, NoApiKeys
@@ -26,6 +27,9 @@ from ferry.settings import Settings
 
 log = get_logger(__name__)
 
+# Descriptors a proxy process needs besides its clients': Redis connections, the
+# listening socket, logs, the metrics files.
+DESCRIPTOR_RESERVE = 128
 
 
 class ProxyRefused(Exception):
@@ -95,6 +99,46 @@ async def check_redis(settings: Settings, redis_url: str) -> None:
         log.warning("redis setup", problem=warning)
 
 
+def connections_that_fit(max_connections: int) -> int:
+    """FERRY_MAX_CONNECTIONS, or fewer if this process's descriptors cannot hold them.
+
+    Each connection is a descriptor (and so is each being refused, up to
+    REFUSING_AT_MOST more): the soft limit is raised towards the hard one if it is short,
+    and where the hard one is short too the cap comes down to what fits, with a warning.
+    Past the limit accept() would fail and clients be reset instead of answered 503.
+    The proxy's processes inherit the limit.
+    """
+    needed = max_connections + REFUSING_AT_MOST + DESCRIPTOR_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return max_connections
+    fitted = max(1, soft - REFUSING_AT_MOST - DESCRIPTOR_RESERVE)
+    log.warning(
+        "FERRY_MAX_CONNECTIONS lowered to what the descriptor limit holds (raise ulimit -n)",
+        max_connections=max_connections,
+        lowered_to=fitted,
+        descriptor_limit=soft,
+    )
+    return fitted
+
+
+def limits(settings: Settings) -> Limits:
+    return Limits(
+        head_timeout_seconds=settings.head_timeout_seconds,
+        body_timeout_seconds=settings.body_timeout_seconds,
+        keep_alive_seconds=settings.keep_alive_seconds,
+        max_connections=connections_that_fit(settings.max_connections),
+        body_buffer_bytes=settings.body_buffer_bytes,
+    )
+
+
 def run_proxy(settings: Settings, insecure: bool = False) -> None:
     """Serve until SIGTERM/SIGINT; uvicorn lets requests in flight finish first."""
     configure(settings.log_level)
@@ -123,6 +167,7 @@ def run_proxy(settings: Settings, insecure: bool = False) -> None:
             ssl_ca_certs=settings.proxy_client_ca_file,
             ssl_cert_reqs=ssl.CERT_REQUIRED if settings.proxy_client_ca_file else ssl.CERT_NONE,
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
+            limits=limits(settings),  # timeouts, caps on connections and on bodies held
         )
         log.info(
             "proxy listening",
