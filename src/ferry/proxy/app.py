@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -22,6 +23,7 @@ from ferry.metrics import ProxyMetrics
 from ferry.proxy.admin import add_admin_routes
 from ferry.proxy.auth import ApiKeys
 from ferry.proxy.errors import (
+    CONNECTION_REFUSALS,
     ErrorBody,
     ErrorCode,
     described,
@@ -115,6 +117,11 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        # A wrong path is a 404, never a redirect: Starlette's would send a client's POST to a
+        # Location made from its own Host header.
+        redirect_slashes=False,
+        # Every route, the dead-letter routes too, may be refused by the HTTP layer.
+        responses=documented(*CONNECTION_REFUSALS, ErrorCode.BODY_BUFFER_FULL),
     )
     app.router.routes[:0] = [
         Route(MESSAGES, taken_by_dispatch, methods=["POST"]),
@@ -137,6 +144,7 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
             ErrorCode.NOT_FOUND,
             ErrorCode.REDIS_UNAVAILABLE,
             ErrorCode.REDIS_REFUSING_WRITES,
+            *CONNECTION_REFUSALS,
         ),
         openapi_extra={"security": [{"ApiKey": []}]},
     )
@@ -160,7 +168,9 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
             "but refuses writes (out of memory, cannot persist, a replica) is 503 "
             "redis_refusing_writes with its reason."
         ),
-        responses=documented(ErrorCode.UNAUTHORIZED, ErrorCode.REDIS_UNAVAILABLE, ErrorCode.REDIS_REFUSING_WRITES),
+        responses=documented(
+            ErrorCode.UNAUTHORIZED, ErrorCode.REDIS_UNAVAILABLE, ErrorCode.REDIS_REFUSING_WRITES, *CONNECTION_REFUSALS
+        ),
     )
     async def health(request: Request) -> Response:
         if (refused := guarded(request)) is not None:
@@ -178,7 +188,7 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
     @app.get(
         "/metrics",
         summary="Prometheus metrics, summed over every proxy process",
-        responses={200: {"content": {"text/plain": {}}}, **documented(ErrorCode.UNAUTHORIZED)},
+        responses={200: {"content": {"text/plain": {}}}, **documented(ErrorCode.UNAUTHORIZED, *CONNECTION_REFUSALS)},
     )
     async def prometheus(request: Request) -> Response:
         if (refused := guarded(request)) is not None:
@@ -202,10 +212,23 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
     return Dispatch(fast, RequestMetrics(app, metrics), metrics)
 
 
+HTTP_ERRORS = {
+    400: ErrorCode.BAD_REQUEST,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    422: ErrorCode.INVALID_REQUEST,
+}
+
+
 async def _http_error(request: Request, error: HTTPException) -> Response:
-    code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(error.status_code)
-    if code is None:
-        return json_response({"error": "http_error", "detail": str(error.detail)}, error.status_code)
+    """Starlette's and FastAPI's own refusals, in ferry's envelope."""
+    code = HTTP_ERRORS.get(error.status_code)
+    if code is None:  # none of ferry's routes raises another; the status is kept, the code is one of ours
+        code = ErrorCode.BAD_REQUEST if error.status_code < 500 else ErrorCode.INTERNAL_ERROR
+        body = orjson.dumps({"error": code.value, "detail": str(error.detail)})
+        return Response(body, error.status_code, headers=error.headers, media_type="application/json")
     return error_response(code, str(error.detail), headers=error.headers)  # 405 keeps its Allow
 
 
@@ -271,7 +294,9 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
         return {str(status): {"description": text, **ref("ErrorBody")} for status, text in described(*codes).items()}
 
     refusals = (
+        ErrorCode.BAD_REQUEST,
         ErrorCode.UNAUTHORIZED,
+        ErrorCode.REQUEST_TIMEOUT,
         ErrorCode.PAYLOAD_TOO_LARGE,
         ErrorCode.HEADERS_TOO_LARGE,
         ErrorCode.INVALID_REQUEST,
@@ -279,6 +304,8 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
         ErrorCode.QUEUE_FULL,
         ErrorCode.REDIS_UNAVAILABLE,
         ErrorCode.REDIS_REFUSING_WRITES,
+        ErrorCode.TOO_MANY_CONNECTIONS,
+        ErrorCode.BODY_BUFFER_FULL,
     )
     schema["paths"][MESSAGES] = {
         "post": {

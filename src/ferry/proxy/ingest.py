@@ -11,6 +11,7 @@ was not stored.
 from __future__ import annotations
 
 import base64
+import math
 import re
 from typing import Any, Literal
 
@@ -99,7 +100,7 @@ class BatchItem(BaseModel):
     def to_bytes(self) -> tuple[bytes, str]:
         """The stored body and its Content-Type."""
         if "json" in self._given():
-            return orjson.dumps(self.json_), self.content_type or "application/json"
+            return exact_json(self.json_), self.content_type or "application/json"
         if self.body is not None:
             return self.body.encode(), self.content_type or "text/plain; charset=utf-8"
         try:
@@ -107,6 +108,39 @@ class BatchItem(BaseModel):
         except ValueError:
             raise ValueError("body_base64 is not valid base64") from None
         return raw, self.content_type or DEFAULT_CONTENT_TYPE
+
+
+def exact_json(value: Any) -> bytes:
+    """`value` as JSON, or ValueError for what the encoder would not keep exactly.
+
+    The batch's parser takes any integer, and NaN, Infinity and numbers past a float's
+    range (as infinities); orjson refuses integers outside -2**63..2**64-1 (a 500, were it
+    not caught) and writes NaN and infinities as null. Such a message is refused, never
+    stored changed.
+    """
+    try:
+        dumped = orjson.dumps(value)
+    except orjson.JSONEncodeError as error:
+        raise ValueError(
+            f"a json value cannot be kept exactly ({error}): integers must lie within -2**63..2**64-1"
+        ) from None
+    if b"null" in dumped and not _all_finite(value):  # the encoder wrote NaN or an infinity as null
+        raise ValueError("a json value cannot be kept exactly: NaN, Infinity and numbers past 1.8e308 are not JSON")
+    return dumped
+
+
+def _all_finite(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return False
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+    return True
 
 
 class BatchRequest(BaseModel):
