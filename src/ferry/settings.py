@@ -117,6 +117,11 @@ class Settings(BaseSettings):
     rate_limit_burst: int = env(
         "FERRY_RATE_LIMIT_BURST", "Messages a key may send at once above its rate (0: one second's worth).", 0, ge=0
     )
+    api_docs: bool = env(
+        "FERRY_API_DOCS",
+        "Serve /docs, the OpenAPI page (it loads its scripts from a public CDN); /openapi.json is always served.",
+        False,
+    )
     idempotency_ttl_seconds: int = env(
         "FERRY_IDEMPOTENCY_TTL_SECONDS", "How long an Idempotency-Key maps to its first message.", 86400, ge=1
     )

@@ -72,6 +72,13 @@ class Dispatch:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _authorization_repeated(scope["headers"]):
+            # Which one counts would differ by route (the ingest reads the last, Starlette
+            # the first): a request that sends two is refused whole.
+            refused = error_response(ErrorCode.BAD_REQUEST, "send one Authorization header, not several")
+            await refused(scope, receive, send)
+            self.metrics.note(scope["method"], "unmatched", 400, 0.0)
+            return
         endpoint = self.fast.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
         if endpoint is None:
             await self.fallback(scope, receive, send)
@@ -84,6 +91,10 @@ class Dispatch:
             response = error_response(ErrorCode.INTERNAL_ERROR, "see the proxy's log")
         await response(scope, receive, send)
         self.metrics.note(scope["method"], scope["path"], response.status_code, time.perf_counter() - started)
+
+
+def _authorization_repeated(headers: list[tuple[bytes, bytes]]) -> bool:
+    return sum(name == b"authorization" for name, _ in headers) > 1
 
 
 async def taken_by_dispatch(request: Request) -> Response:
@@ -115,7 +126,7 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
         version=__version__,
         description="Store-and-forward HTTPS message broker: 202 means stored in Redis.",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url="/docs" if settings.api_docs else None,  # its page loads scripts from a public CDN
         redoc_url=None,
         # A wrong path is a 404, never a redirect: Starlette's would send a client's POST to a
         # Location made from its own Host header.

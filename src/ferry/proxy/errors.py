@@ -18,7 +18,7 @@ log = get_logger(__name__)
 
 
 class ErrorCode(StrEnum):
-    BAD_REQUEST = "bad_request"  # 400: not valid HTTP/1.1 (the connection is closed)
+    BAD_REQUEST = "bad_request"  # 400: not valid HTTP/1.1 (the connection is closed), or two Authorization headers
     UNAUTHORIZED = "unauthorized"  # 401: no key, or not one of ours (nothing more is said)
     FORBIDDEN = "forbidden"  # 403: a valid API key, but the route needs an admin key
     ADMIN_DISABLED = "admin_disabled"  # 403: a valid API key, and no admin keys are configured
