@@ -193,7 +193,7 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
         except TimeoutError:
             return redis_unavailable(f"redis does not answer within {HEALTH_TIMEOUT_SECONDS} s")
         except RedisFailure as error:
-            return redis_failed(error, "redis does not answer: ")
+            return redis_failed(error)
         return json_response({"status": "ok", "redis": "up", "queue_size": size}, 200)
 
     @app.get(
