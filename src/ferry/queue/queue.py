@@ -361,9 +361,22 @@ class Queue:
     async def _give_back(
         self, worker_id: str, held: Collection[str], holder: str, *, sign_off: bool
     ) -> int:
-        released, start, more = 0, 0, 1
+        """Read the in-flight set a page at a time, newest first, and give back what is not
+        held, a page per script call (each O(page log n), whatever the set's size)."""
+        in_flight = self.keys.in_flight(worker_id)
+        released, start, more = 0, 0, True
         while more:
-            given_back, start, more = await self._release(
+            page = [raw.decode() for raw in await self.redis.zrange(in_flight, start, start + SCRIPT_CHUNK - 1, desc=True)]
+            more = len(page) == SCRIPT_CHUNK
+            strays = [message_id for message_id in page if message_id not in held]
+            start += len(page) - len(strays)  # the held ones stay where they are
+            if strays or (sign_off and not more):
+                released += await self._release_ids(worker_id, strays, holder, sign_off=sign_off and not more)
+        return released
+
+    async def _release_ids(self, worker_id: str, message_ids: Sequence[str], holder: str, *, sign_off: bool) -> int:
+        given_back = int(
+            await self._release(
                 keys=[
                     self.keys.in_flight(worker_id),
                     self.keys.queue,
@@ -371,21 +384,12 @@ class Queue:
                     self.keys.workers,
                     self.keys.dead,
                 ],
-                args=[
-                    self.keys.message_prefix,
-                    now_ms(),
-                    worker_id,
-                    "1" if sign_off else "0",
-                    holder,
-                    SCRIPT_CHUNK,
-                    start,
-                    *held,
-                ],
+                args=[self.keys.message_prefix, now_ms(), worker_id, "1" if sign_off else "0", holder, *message_ids],
             )
-            if given_back < 0:
-                raise Fenced(worker_id)
-            released += int(given_back)
-        return released
+        )
+        if given_back < 0:
+            raise Fenced(worker_id)
+        return given_back
 
     async def dead_letters(self, limit: int = 50, offset: int = 0) -> list[DeadLetter]:
         """A page of the dead-letter list, the most recently dead first; two round trips."""
