@@ -4,8 +4,6 @@ page loads scripts from a public CDN, is off unless FERRY_API_DOCS turns it on."
 
 from __future__ import annotations
 
-import http.client
-import json
 from collections.abc import Callable
 
 import pytest
@@ -17,19 +15,9 @@ StartProxy = Callable[..., Proxy]
 
 
 def twice(proxy: Proxy, method: str, path: str, first: str, second: str) -> tuple[int, dict[str, str]]:
-    connection = http.client.HTTPSConnection("localhost", proxy.port, context=proxy.context(), timeout=10)
-    try:
-        connection.putrequest(method, path)
-        connection.putheader("Authorization", f"Bearer {first}")
-        connection.putheader("Authorization", f"Bearer {second}")
-        body = b"{}" if method == "POST" else b""
-        connection.putheader("Content-Type", "application/json")
-        connection.putheader("Content-Length", str(len(body)))
-        connection.endheaders(body)
-        response = connection.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        connection.close()
+    headers = [("Authorization", f"Bearer {key}".encode()) for key in (first, second)]
+    body = b"{}" if method == "POST" else b""
+    return proxy.raw_request(method, path, [*headers, ("Content-Type", b"application/json")], body)  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize(

@@ -277,6 +277,22 @@ class Proxy(FerryProcess):
             return response.status, answer_headers, json.loads(raw)
         return response.status, answer_headers, raw
 
+    def raw_request(self, method: str, path: str, headers: list[tuple[str, bytes]], body: bytes = b"") -> tuple[int, Any]:
+        """A request whose header lines go out exactly as given, repeated ones too (the
+        `request` above takes a dict, and http.client would re-encode values); JSON back."""
+        assert self.certs is not None, "raw requests go over TLS"
+        connection = http.client.HTTPSConnection("localhost", self.port, context=self.context(), timeout=10)
+        try:
+            connection.putrequest(method, path, skip_accept_encoding=True)
+            for name, value in headers:
+                connection.putheader(name, value)
+            connection.putheader("Content-Length", str(len(body)))
+            connection.endheaders(body)
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            connection.close()
+
     def post(self, body: bytes, content_type: str = "application/json", **headers: str) -> tuple[int, dict[str, str], Any]:
         sent = {"Content-Type": content_type, **{k.replace("_", "-"): v for k, v in headers.items()}}
         return self.request("POST", "/api/v1/messages", body, sent)
