@@ -109,7 +109,7 @@ async def dead_letters(url: str, dead: int, ids: int) -> list[tuple[str, float, 
          await server_cost(client, lambda: old_replay(keys=["bench:old-dead-list", "bench:q"], args=replay_ids))),
         ("purge by id", await server_cost(client, lambda: queue.purge(purge_ids)),
          await server_cost(client, lambda: old_replay(keys=["bench:old-dead-list", "bench:q"], args=purge_ids))),
-        ("replay all: its chunk of the 200 oldest", await server_cost(client, lambda: queue._replay_chunk(SCRIPT_CHUNK, [])), NO_BASELINE),
+        (f"replay all: one chunk, the {SCRIPT_CHUNK} oldest", await server_cost(client, lambda: queue._replay_chunk(SCRIPT_CHUNK, [])), NO_BASELINE),
     ]
     await client.aclose()
     await patient.aclose()
