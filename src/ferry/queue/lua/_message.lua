@@ -59,3 +59,27 @@ local function bury_corrupt(dead, key, id, problem, now)
   redis.call('HSET', key, 'status', 'dead', 'last_error', reason, 'updated_at', now)
   redis.call('ZADD', dead, now, id)
 end
+
+-- The dead letters a replay or purge acts on: the `oldest` longest dead (oldest > 0),
+-- else each of ARGV[first..] that is one; `act(id)` for each, once it has left the set.
+-- Returns the scripts' reply: how many, then each id given that was not a dead letter.
+local function each_dead_letter(dead, oldest, first, act)
+  local reply = {0}
+  if oldest > 0 then
+    local popped = redis.call('ZPOPMIN', dead, oldest)
+    for i = 1, #popped, 2 do
+      act(popped[i])
+      reply[1] = reply[1] + 1
+    end
+    return reply
+  end
+  for i = first, #ARGV do
+    if redis.call('ZREM', dead, ARGV[i]) > 0 then
+      act(ARGV[i])
+      reply[1] = reply[1] + 1
+    else
+      reply[#reply + 1] = ARGV[i]
+    end
+  end
+  return reply
+end

@@ -13,26 +13,9 @@
 -- Returns: how many were purged, then each id given that was not a dead letter.
 local dead, prefix = KEYS[1], ARGV[1]
 local oldest = tonumber(ARGV[2])
-local reply = {0}
-
 local function delete(id)
   -- With what a corrupt message's key held, if it was kept aside.
   redis.call('DEL', prefix .. id, prefix .. id .. ':corrupt')
-  reply[1] = reply[1] + 1
 end
 
-if oldest > 0 then
-  local popped = redis.call('ZPOPMIN', dead, oldest)
-  for i = 1, #popped, 2 do
-    delete(popped[i])
-  end
-else
-  for i = 3, #ARGV do
-    if redis.call('ZREM', dead, ARGV[i]) > 0 then
-      delete(ARGV[i])
-    else
-      reply[#reply + 1] = ARGV[i]
-    end
-  end
-end
-return reply
+return each_dead_letter(dead, oldest, 3, delete)

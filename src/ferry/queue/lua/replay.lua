@@ -11,7 +11,6 @@
 -- Returns: how many were replayed, then each id given that was not a dead letter.
 local dead, queue, prefix, now = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
 local oldest = tonumber(ARGV[3])
-local reply = {0}
 
 local function requeue(id)
   local key = prefix .. id
@@ -20,22 +19,7 @@ local function requeue(id)
   if redis.call('TYPE', key)['ok'] == 'hash' then
     redis.call('HSET', key, 'status', 'queued', 'attempts', 0, 'returns', 0, 'updated_at', now)
   end
-  reply[1] = reply[1] + 1
 end
 
-if oldest > 0 then
-  -- The longest dead first: they leave the queue in the order they died.
-  local popped = redis.call('ZPOPMIN', dead, oldest)
-  for i = 1, #popped, 2 do
-    requeue(popped[i])
-  end
-else
-  for i = 4, #ARGV do
-    if redis.call('ZREM', dead, ARGV[i]) > 0 then
-      requeue(ARGV[i])
-    else
-      reply[#reply + 1] = ARGV[i]
-    end
-  end
-end
-return reply
+-- The longest dead first: they leave the queue in the order they died.
+return each_dead_letter(dead, oldest, 4, requeue)
