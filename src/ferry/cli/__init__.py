@@ -1,0 +1,9 @@
+"""The `ferry` command: flags become settings, then the library does the work.
+
+One module per group of commands; importing them registers them on `app`.
+"""
+
+from ferry.cli import dead, run
+from ferry.cli.common import app
+
+__all__ = ["app", "dead", "run"]
