@@ -68,6 +68,22 @@ class Keys:
         return f"{self.tag}:workers"
 
     @property
+    def stats(self) -> str:
+        """Hash of queue-wide counters (`enqueued`, `delivered`, `dead`) the scripts bump:
+        in/out rates across every proxy and worker, from two readings."""
+        return f"{self.tag}:stats"
+
+    @property
+    def worker_info_prefix(self) -> str:
+        """Prefix of the hash a running worker describes itself in (the worker registry)."""
+        return f"{self.tag}:worker:"
+
+    @property
+    def autoscaler_decisions(self) -> str:
+        """List of the autoscalers' last decisions, newest first (JSON objects, LPUSH + LTRIM)."""
+        return f"{self.tag}:autoscaler:decisions"
+
+    @property
     def health(self) -> str:
         """A short-lived string the proxy's health route writes: does Redis take writes?"""
         return f"{self.tag}:health"
@@ -80,3 +96,6 @@ class Keys:
 
     def heartbeat(self, worker_id: str) -> str:
         return self.heartbeat_prefix + worker_id
+
+    def worker_info(self, worker_id: str) -> str:
+        return self.worker_info_prefix + worker_id

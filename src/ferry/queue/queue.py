@@ -9,7 +9,7 @@ the status words and which script moves an id where.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Literal
@@ -29,6 +29,9 @@ FSYNC_TIMEOUT_MS = 2000
 # (bench/script_cost.py), so a million dead letters or a worker that died holding ten
 # thousand never stall the other clients. The caller calls again while there is more.
 SCRIPT_CHUNK = 100
+# A worker's registry entry outlives its lease this many times over: a SIGKILLed worker
+# stays listed (its heartbeat ageing) for a while after others took back what it held.
+ENTRY_LEASES = 3
 DEAD_LETTER_FIELDS = ("attempts", "returns", "last_error", "created_at", "updated_at")
 
 
@@ -196,7 +199,7 @@ class Queue:
         if fsync:
             reply = await self._enqueue_fsynced(args)
         else:
-            reply = await self._enqueue(keys=[self.keys.queue], args=args)
+            reply = await self._enqueue(keys=[self.keys.queue, self.keys.stats], args=args)
         if not reply:  # all queued: the script says so with an empty list, not a triple per message
             return [Enqueued("queued", message.id, "queued") for message in messages]
         return [_enqueued(reply[i], reply[i + 1], reply[i + 2]) for i in range(0, len(reply), 3)]
@@ -204,7 +207,7 @@ class Queue:
     async def _enqueue_fsynced(self, args: list[str | bytes | int | float]) -> list[bytes]:
         # WAITAOF waits for the writes of its own connection: one pipeline, one connection.
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self._enqueue(keys=[self.keys.queue], args=args, client=pipe)
+            await self._enqueue(keys=[self.keys.queue, self.keys.stats], args=args, client=pipe)
             pipe.execute_command("WAITAOF", 1, 0, FSYNC_TIMEOUT_MS)
             reply, fsynced = await pipe.execute(raise_on_error=False)
         if isinstance(reply, Exception):
@@ -269,6 +272,7 @@ class Queue:
                 self.keys.queue,
                 self.keys.retry,
                 self.keys.dead,
+                self.keys.stats,
             ],
             args=[self.keys.message_prefix, now_ms(), status_ttl_seconds, holder, *message_ids],
         )
@@ -294,6 +298,7 @@ class Queue:
                 self.keys.dead,
                 self.keys.message(message_id),
                 self.keys.heartbeat(worker_id),
+                self.keys.stats,
             ],
             args=[message_id, now_ms(), error, due, holder],
         )
@@ -313,11 +318,28 @@ class Queue:
             promoted += moved
         return promoted
 
-    async def heartbeat(self, worker_id: str, holder: str, lease_seconds: float, *, take: bool = False) -> bool:
-        """Renew this worker's lease (or take it, at start); False when `holder` is fenced off."""
+    async def heartbeat(
+        self,
+        worker_id: str,
+        holder: str,
+        lease_seconds: float,
+        *,
+        take: bool = False,
+        entry: Mapping[str, str | int | float] | None = None,
+    ) -> bool:
+        """Renew this worker's lease (or take it, at start); False when `holder` is fenced off.
+
+        With `entry`, the same call writes the worker's registry entry (those fields,
+        plus `heartbeat_at` by Redis's clock), kept for `ENTRY_LEASES` leases.
+        """
+        args: list[str | int | float] = [holder, int(lease_seconds * 1000), worker_id, "1" if take else "0"]
+        if entry:
+            args.append(int(lease_seconds * 1000 * ENTRY_LEASES))
+            for field, value in entry.items():
+                args += [field, value]
         held = await self._heartbeat(
-            keys=[self.keys.heartbeat(worker_id), self.keys.workers],
-            args=[holder, int(lease_seconds * 1000), worker_id, "1" if take else "0"],
+            keys=[self.keys.heartbeat(worker_id), self.keys.workers, self.keys.worker_info(worker_id)],
+            args=args,
         )
         return bool(held)
 
@@ -335,7 +357,7 @@ class Queue:
         more = True
         while more:
             returned_now, buried_now, more = await self._reap(
-                keys=[self.keys.workers, self.keys.queue, self.keys.dead],
+                keys=[self.keys.workers, self.keys.queue, self.keys.dead, self.keys.stats],
                 args=[
                     self.keys.message_prefix,
                     self.keys.in_flight_prefix,
@@ -383,6 +405,7 @@ class Queue:
                     self.keys.heartbeat(worker_id),
                     self.keys.workers,
                     self.keys.dead,
+                    self.keys.worker_info(worker_id),
                 ],
                 args=[self.keys.message_prefix, now_ms(), worker_id, "1" if sign_off else "0", holder, *message_ids],
             )

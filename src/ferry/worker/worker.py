@@ -25,6 +25,7 @@ from prometheus_client import start_http_server
 
 from ferry.logs import configure, get_logger
 from ferry.metrics import WorkerMetrics
+from ferry.observe.registry import Registration, metrics_url
 from ferry.processes.redis_url import resolve_redis_url
 from ferry.queue import Fenced, Queue
 from ferry.queue.batching import Coalescer
@@ -101,10 +102,18 @@ class RedisAway:
 
 class Worker:
     def __init__(
-        self, settings: Settings, queue: Queue, deliverer: Deliverer, metrics: WorkerMetrics
+        self,
+        settings: Settings,
+        queue: Queue,
+        deliverer: Deliverer,
+        metrics: WorkerMetrics,
+        *,
+        metrics_url: str = "",
     ) -> None:
         self.settings = settings
         self.worker_id = settings.worker_id
+        # Its registry entry, written with every heartbeat (ferry workers list reads it).
+        self.registration = Registration.of(settings.worker_id, settings.worker_concurrency, metrics_url)
         self.queue = queue
         self.deliverer = deliverer
         self.metrics = metrics
@@ -249,7 +258,10 @@ class Worker:
         async def beat() -> bool:
             nonlocal sent
             sent = time.monotonic()
-            return await self.queue.heartbeat(self.worker_id, self.holder, self.settings.lease_seconds, take=take)
+            entry = self.registration.entry(self.metrics.registry)
+            return await self.queue.heartbeat(
+                self.worker_id, self.holder, self.settings.lease_seconds, take=take, entry=entry
+            )
 
         held = await self.redis_away.call(beat)
         if held:
@@ -507,7 +519,8 @@ async def serve(settings: Settings, redis_url: str) -> int:
     redis = connect(redis_url)
     queue = Queue(redis)
     async with Deliverer(settings) as deliverer:
-        worker = Worker(settings, queue, deliverer, metrics)
+        url = metrics_url(settings.metrics_host, settings.worker_metrics_port)
+        worker = Worker(settings, queue, deliverer, metrics, metrics_url=url)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, worker.stop)
         loop.add_signal_handler(signal.SIGINT, worker.stop)

@@ -10,7 +10,7 @@
 -- that another worker is delivering now is left to it (a duplicate the main server
 -- drops by id). A key that is no message hash is left as it is.
 -- KEYS[1] in-flight set, KEYS[2] heartbeat, KEYS[3] queue, KEYS[4] retry schedule,
--- KEYS[5] dead letters
+-- KEYS[5] dead letters, KEYS[6] queue-wide counters (`delivered` += recorded)
 -- ARGV: message prefix, now (ms), status ttl (s), lease holder, ids...
 -- Returns how many were recorded.
 local in_flight, prefix, now, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
@@ -38,4 +38,5 @@ for i = 5, #ARGV do
     end
   end
 end
+if recorded > 0 then redis.call('HINCRBY', KEYS[6], 'delivered', recorded) end
 return recorded

@@ -2,7 +2,7 @@
 -- enqueue: for each message, check its idempotency key, the queue's cap and its
 -- API key's rate; then store its hash and push its id. One atomic step, so a
 -- message is either wholly queued or not at all, and checks cannot race.
--- KEYS[1] queue
+-- KEYS[1] queue, KEYS[2] queue-wide counters (`enqueued` += messages stored)
 -- ARGV: message prefix, now (ms), queue cap (0: none), idempotency prefix,
 --       idempotency ttl (s), all-or-nothing ('1'/'0'), rate bucket prefix,
 --       rate (per s, 0: none), bucket capacity, then per message:
@@ -70,6 +70,7 @@ end
 
 local results = {}
 local all_queued = true
+local stored_now = 0
 for i = 0, count - 1 do
   local base = FIRST + FIELDS * i
   local id, body, content_type = ARGV[base], ARGV[base + 1], ARGV[base + 2]
@@ -92,6 +93,7 @@ for i = 0, count - 1 do
         'attempts', 0, 'returns', 0, 'created_at', now, 'updated_at', now, 'sender', sender)
       redis.call('LPUSH', queue, id)
       length = length + 1
+      stored_now = stored_now + 1
       if idempotency ~= '' then
         redis.call('SET', idempotency_key, id, 'EX', idempotency_ttl)
       end
@@ -102,5 +104,6 @@ for i = 0, count - 1 do
   results[#results + 1] = status
   all_queued = all_queued and outcome == 'queued'
 end
+if stored_now > 0 then redis.call('HINCRBY', KEYS[2], 'enqueued', stored_now) end
 if all_queued then return {} end
 return results

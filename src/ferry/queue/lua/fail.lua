@@ -6,7 +6,7 @@
 -- Only the holder of the worker's lease acts: a fenced-off worker's ids were given
 -- back by the reaper, or will be.
 -- KEYS[1] in-flight set, KEYS[2] retry schedule, KEYS[3] dead letters, KEYS[4] message hash,
--- KEYS[5] heartbeat
+-- KEYS[5] heartbeat, KEYS[6] queue-wide counters (`dead` += 1 when buried)
 -- ARGV: id, now (ms), error, due (ms, '' to bury), lease holder
 local id, now, error, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if redis.call('GET', KEYS[5]) ~= ARGV[5] then return 0 end
@@ -24,6 +24,7 @@ else
   redis.call('ZADD', KEYS[3], now, id)
   redis.call('HSET', KEYS[4], 'status', 'dead', 'last_error', error, 'updated_at', now)
   redis.call('HDEL', KEYS[4], 'next_attempt_at')
+  redis.call('HINCRBY', KEYS[6], 'dead', 1)
 end
 redis.call('HDEL', KEYS[4], 'worker')
 return 1

@@ -8,7 +8,8 @@
 -- queue's hash tag, so they share its cluster slot.
 -- At most `most` ids a call, so a worker that died holding thousands never holds
 -- Redis for long: the caller calls again while the reply says there is more.
--- KEYS[1] worker registry, KEYS[2] queue, KEYS[3] dead letters
+-- KEYS[1] worker registry, KEYS[2] queue, KEYS[3] dead letters, KEYS[4] queue-wide
+-- counters (`dead` +1 a poison pill)
 -- ARGV: message prefix, in-flight prefix, heartbeat prefix, max returns, now (ms), most
 -- Returns {returned, buried, more (1: call again)}.
 local registry, queue, dead = KEYS[1], KEYS[2], KEYS[3]
@@ -38,6 +39,7 @@ for _, worker in ipairs(redis.call('SMEMBERS', registry)) do
           redis.call('HSET', key, 'status', 'dead', 'updated_at', now, 'last_error',
             'poison pill: its worker died ' .. returns .. ' times while delivering it')
           redis.call('HDEL', key, 'next_attempt_at')
+          redis.call('HINCRBY', KEYS[4], 'dead', 1)
           buried = buried + 1
         else
           redis.call('RPUSH', queue, id)

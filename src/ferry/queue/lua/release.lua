@@ -6,12 +6,13 @@
 -- would. Not a death: returns are not counted. The caller reads the set a page at a
 -- time and passes the ids to give back, newest first, so each call is O(k log n):
 -- each id goes to the queue's front in turn, and the oldest ends up at the very front.
--- With `sign off`, and once the set is empty, the worker leaves the registry.
+-- With `sign off`, and once the set is empty, the worker leaves the registry (the set
+-- of ids and its entry).
 -- Only for the holder of the lease, or for one whose lease expired before the reaper
 -- came (as heartbeat.lua): a fenced-off worker touches nothing, above all not the
 -- lease of whoever holds its worker id now.
 -- KEYS[1] in-flight set, KEYS[2] queue, KEYS[3] heartbeat, KEYS[4] worker registry,
--- KEYS[5] dead letters
+-- KEYS[5] dead letters, KEYS[6] this worker's registry entry
 -- ARGV: message prefix, now (ms), worker id, sign off ('1'/'0'), lease holder, ids...
 -- Returns how many were given back, or -1 when fenced off.
 local in_flight, queue, now = KEYS[1], KEYS[2], ARGV[2]
@@ -36,7 +37,7 @@ for i = 6, #ARGV do
   end
 end
 if ARGV[4] == '1' and redis.call('EXISTS', in_flight) == 0 then
-  redis.call('DEL', KEYS[3])
+  redis.call('DEL', KEYS[3], KEYS[6])
   redis.call('SREM', KEYS[4], ARGV[3])
 end
 return released

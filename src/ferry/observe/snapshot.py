@@ -1,0 +1,126 @@
+"""One reading of the whole queue: what `ferry queue watch`, `ferry workers list`,
+`ferry verify`, the dashboard and `GET /api/v1/stats` all show.
+
+Two round trips whatever the queue holds: the queue's figures, the counters, the
+ids of the workers and Redis's clock; then each worker's entry and in-flight size.
+Rates come from two readings (`rates`), since the counters are cumulative: every
+proxy and worker bumps them inside its scripts, so the difference is the traffic
+of the whole system, whichever process handled it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+
+from ferry.observe.registry import WorkerRecord, records, redis_seconds
+from ferry.queue import Queue
+from ferry.queue.message import id_time_ms
+
+# The autoscaler decisions a snapshot carries, newest first (the list keeps 50).
+DECISIONS = 10
+STATS_FIELDS = ("enqueued", "delivered", "dead")
+
+
+class QueueFigures(BaseModel):
+    size: int  # LLEN message_queue: the guide's backlog
+    oldest_age_seconds: float  # how long the next message in line has waited
+    retry_scheduled: int
+    dead_letters: int
+    in_flight: int  # claimed by a registered worker, not yet settled
+    enqueued_total: int  # messages stored, since the counters began
+    delivered_total: int
+    dead_total: int  # refused for good, out of attempts or poison pills
+
+
+class Snapshot(BaseModel):
+    taken_at: float  # unix seconds, Redis's clock
+    queue: QueueFigures
+    workers: list[WorkerRecord]
+    autoscaler: list[dict[str, Any]]  # the last decisions, newest first, as recorded
+
+
+class Rates(BaseModel):
+    """Per second, between two snapshots."""
+
+    seconds: float
+    enqueued_per_second: float  # in
+    delivered_per_second: float  # out
+    dead_per_second: float
+    size_change_per_second: float  # growth of the backlog (negative: it shrinks)
+
+
+async def take_snapshot(queue: Queue) -> Snapshot:
+    keys = queue.keys
+    async with queue.redis.pipeline(transaction=False) as pipe:
+        pipe.time()
+        pipe.llen(keys.queue)
+        pipe.lindex(keys.queue, -1)
+        pipe.zcard(keys.retry)
+        pipe.zcard(keys.dead)
+        pipe.hmget(keys.stats, list(STATS_FIELDS))
+        pipe.lrange(keys.autoscaler_decisions, 0, DECISIONS - 1)
+        pipe.smembers(keys.workers)
+        time_reply, size, next_id, retry, dead, stats, decisions, worker_ids = await pipe.execute()
+    now = redis_seconds(time_reply)
+    workers, in_flight = await _workers(queue, [raw.decode(errors="replace") for raw in worker_ids], now)
+    enqueued, delivered, died = (int(value or 0) for value in stats)
+    figures = QueueFigures(
+        size=size,
+        oldest_age_seconds=_age_seconds(next_id, now),
+        retry_scheduled=retry,
+        dead_letters=dead,
+        in_flight=in_flight,
+        enqueued_total=enqueued,
+        delivered_total=delivered,
+        dead_total=died,
+    )
+    return Snapshot(taken_at=now, queue=figures, workers=workers, autoscaler=_decisions(decisions))
+
+
+def rates(older: Snapshot, newer: Snapshot) -> Rates:
+    """What happened between two snapshots. A counter that went down (its key was
+    deleted) counts as no traffic rather than negative traffic."""
+    seconds = max(newer.taken_at - older.taken_at, 1e-6)
+
+    def per_second(before: int, after: int) -> float:
+        return max(0, after - before) / seconds
+
+    return Rates(
+        seconds=seconds,
+        enqueued_per_second=per_second(older.queue.enqueued_total, newer.queue.enqueued_total),
+        delivered_per_second=per_second(older.queue.delivered_total, newer.queue.delivered_total),
+        dead_per_second=per_second(older.queue.dead_total, newer.queue.dead_total),
+        size_change_per_second=(newer.queue.size - older.queue.size) / seconds,
+    )
+
+
+def _age_seconds(next_id: bytes | None, now: float) -> float:
+    made_ms = id_time_ms(next_id.decode(errors="replace")) if next_id is not None else 0
+    return max(0.0, now - made_ms / 1000) if made_ms else 0.0
+
+
+async def _workers(queue: Queue, worker_ids: list[str], now: float) -> tuple[list[WorkerRecord], int]:
+    """The live entries of the registered ids, and how many ids all their in-flight sets
+    hold (a dead worker's too, until the reaper gives them back): one round trip."""
+    async with queue.redis.pipeline(transaction=False) as pipe:
+        for worker_id in worker_ids:
+            pipe.hgetall(queue.keys.worker_info(worker_id))
+            pipe.zcard(queue.keys.in_flight(worker_id))
+        replies = await pipe.execute()
+    return records(replies[0::2], now), sum(replies[1::2])
+
+
+def _decisions(raw: list[bytes]) -> list[dict[str, Any]]:
+    """The recorded decisions that are JSON objects (anything else is skipped)."""
+    decoded = []
+    for entry in raw:
+        try:
+            value = orjson.loads(entry)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            decoded.append(value)
+    return decoded
