@@ -1,21 +1,29 @@
-"""The proxy's dead-letter routes: list, replay, purge, for admin keys only.
+"""The proxy's operator routes: dead letters (list, replay, purge) and the queue's
+snapshot, for admin keys only; and the worker registry for Prometheus.
 
 API keys send messages; they never read, replay or delete other clients'
 messages, so these routes take only the keys of FERRY_ADMIN_API_KEYS. No key,
 or one that is not ours: 401 (nothing more is said). A valid API key: 403
 `forbidden`, or 403 `admin_disabled` when no admin key is configured at all,
 so an operator learns which setting is missing.
+
+`/api/v1/sd/workers` is what Prometheus's `http_sd_configs` reads, and follows
+the rules of `/metrics` (FERRY_HEALTH_METRICS_NEED_KEY): a Prometheus that may
+scrape the proxy may also learn where the workers' metrics are.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from starlette.responses import Response
 
 from ferry.logs import get_logger
+from ferry.observe import Snapshot, WorkerRecord, registered_workers, take_snapshot
 from ferry.proxy.auth import ApiKeys
 from ferry.proxy.errors import ErrorCode, documented, error_response
 from ferry.proxy.schemas import DeadLetterPage, model_response
@@ -26,6 +34,8 @@ from ferry.validation import one_line
 log = get_logger(__name__)
 
 DEAD_LETTERS = "/api/v1/dead-letters"
+STATS = "/api/v1/stats"
+SD_WORKERS = "/api/v1/sd/workers"
 MAX_PAGE = 1000
 MAX_IDS = 1000
 MAX_ID_CHARS = 200
@@ -61,6 +71,22 @@ class Replayed(BaseModel):
 class Purged(BaseModel):
     purged: int
     not_dead: list[str] = Field(description="Ids given that were not dead letters: left alone.")
+
+
+class TargetGroup(BaseModel):
+    """One worker as a Prometheus http_sd target group."""
+
+    targets: list[str]
+    labels: dict[str, str]
+
+    @classmethod
+    def of(cls, worker: WorkerRecord) -> TargetGroup:
+        url = urlsplit(worker.metrics_url)
+        labels = {"worker_id": worker.id, "host": worker.host, "__scheme__": url.scheme, "__metrics_path__": url.path}
+        return cls(targets=[url.netloc], labels=labels)
+
+
+TARGET_GROUPS = TypeAdapter(list[TargetGroup])
 
 
 class _Refused(Exception):
@@ -108,8 +134,14 @@ async def _selection(request: Request) -> DeadLetterSelection:
         raise _Refused(error_response(ErrorCode.INVALID_REQUEST, one_line(error, "body"))) from None
 
 
-def add_admin_routes(app: FastAPI, settings: Settings, queue: Queue, api_keys: ApiKeys) -> None:
-    """Add the dead-letter routes to the proxy's app."""
+def add_admin_routes(
+    app: FastAPI,
+    settings: Settings,
+    queue: Queue,
+    api_keys: ApiKeys,
+    metrics_guard: Callable[[Request], Response | None],
+) -> None:
+    """Add the operator routes to the proxy's app; `metrics_guard` is /metrics' rule."""
     admin_keys = ApiKeys.admin_from_settings(settings)
 
     def admin_only(request: Request) -> None:
@@ -178,7 +210,37 @@ def add_admin_routes(app: FastAPI, settings: Settings, queue: Queue, api_keys: A
         _log("dead letters purged", request, selection, handled)
         return model_response(Purged(purged=handled.count, not_dead=list(handled.not_dead)))
 
+    observe = APIRouter(tags=["operators"])
+
+    @observe.get(
+        STATS,
+        summary="The queue, its counters, every registered worker and the autoscalers' last decisions",
+        description=ADMIN_ONLY + " Rates: difference two readings (`taken_at` is Redis's clock).",
+        response_model=Snapshot,
+        response_description="one snapshot, the same that ferry queue watch and ferry verify read",
+        responses=documented(*REFUSALS),
+        dependencies=[Depends(admin_only)],
+        openapi_extra=ADMIN_SECURITY,
+    )
+    async def stats() -> Response:
+        return model_response(await take_snapshot(queue))
+
+    @observe.get(
+        SD_WORKERS,
+        summary="The registered workers that serve metrics, in Prometheus http_sd format",
+        description="As /metrics: an API key is needed when FERRY_HEALTH_METRICS_NEED_KEY is set.",
+        response_model=list[TargetGroup],
+        response_description="one target group per worker, labelled worker_id and host",
+        responses=documented(ErrorCode.UNAUTHORIZED, ErrorCode.REDIS_UNAVAILABLE),
+    )
+    async def sd_workers(request: Request) -> Response:
+        if (refused := metrics_guard(request)) is not None:
+            return refused
+        groups = [TargetGroup.of(worker) for worker in await registered_workers(queue) if worker.metrics_url]
+        return Response(TARGET_GROUPS.dump_json(groups), media_type="application/json")
+
     app.include_router(router)
+    app.include_router(observe)
     app.add_exception_handler(_Refused, _refused)  # type: ignore[arg-type]
 
 

@@ -213,7 +213,7 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
             snapshot = None  # the request counters still tell the story
         return Response(metrics.render(snapshot), media_type="text/plain; version=0.0.4")
 
-    add_admin_routes(app, settings, queue, api_keys)
+    add_admin_routes(app, settings, queue, api_keys, guarded)
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(RedisFailure, _redis_failure)  # type: ignore[arg-type]
