@@ -8,6 +8,7 @@ names its variable explicitly.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import socket
@@ -158,6 +159,12 @@ class Settings(BaseSettings):
         64 << 20,
         ge=0,
     )
+    trusted_proxies: str = env(
+        "FERRY_TRUSTED_PROXIES",
+        "Comma-separated addresses or networks (CIDR) of load balancers whose X-Forwarded-For names the "
+        "client in the proxy's logs; from any other peer it is ignored.",
+        "",
+    )
 
     # ferry's own
     home: Path = env("FERRY_HOME", "Data, embedded Valkey and dev certificates.", Path(".ferry"))
@@ -256,6 +263,18 @@ class Settings(BaseSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"no such file: {value}")
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, value: str) -> str:
+        networks = []
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                network = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+            networks.append(str(network) if "/" in item else str(network.network_address))
+        return ",".join(networks)
 
     @field_validator("signing_secret")
     @classmethod

@@ -249,6 +249,7 @@ def _log(event: str, request: Request, selection: DeadLetterSelection, handled: 
     log.info(
         event,
         admin_key=request.state.admin_key,
+        client=request.client.host if request.client else None,  # X-Forwarded-For's from a trusted proxy
         all=bool(selection.all),
         count=handled.count,
         not_dead=len(handled.not_dead),

@@ -87,10 +87,16 @@ class Dispatch:
         try:
             response: Answer | Response = await endpoint(header_map(scope), receive)
         except Exception as error:  # a bug: answered as FastAPI's routes answer one
-            log.error("unexpected error", path=scope["path"], exc_info=error)
+            log.error("unexpected error", path=scope["path"], client=client_host(scope), exc_info=error)
             response = error_response(ErrorCode.INTERNAL_ERROR, "see the proxy's log")
         await response(scope, receive, send)
         self.metrics.note(scope["method"], scope["path"], response.status_code, time.perf_counter() - started)
+
+
+def client_host(scope: Scope) -> str | None:
+    """The client's address: X-Forwarded-For's when a trusted proxy sent it (FERRY_TRUSTED_PROXIES)."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
 
 
 def _authorization_repeated(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -253,7 +259,7 @@ async def _redis_failure(request: Request, error: RedisFailure) -> Response:
 
 
 async def _internal_error(request: Request, error: Exception) -> Response:
-    log.error("unexpected error", path=request.url.path, exc_info=error)
+    log.error("unexpected error", path=request.url.path, client=client_host(request.scope), exc_info=error)
     return error_response(ErrorCode.INTERNAL_ERROR, "see the proxy's log")
 
 

@@ -184,7 +184,11 @@ def run_proxy(settings: Settings, insecure: bool = False) -> None:
             ws="none",  # ferry serves no WebSockets
             lifespan="on",
             access_log=False,  # a log line per message would cost more than storing it
-            proxy_headers=False,  # ferry reads no client address, so X-Forwarded-* need no parsing
+            # The client address (in the logs) is X-Forwarded-For's only from a trusted load
+            # balancer; uvicorn's middleware takes the nearest address no trusted proxy added.
+            # Trusting none, the headers are not even parsed (X-Real-IP never is).
+            proxy_headers=bool(settings.trusted_proxies),
+            forwarded_allow_ips=settings.trusted_proxies or None,
             log_level=settings.log_level.lower(),
             ssl_certfile=settings.proxy_certfile,
             ssl_keyfile=settings.proxy_keyfile,
