@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
+import subprocess
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +18,7 @@ from ferry.queue import Queue
 from ferry.queue.connection import connect
 from ferry.queue.message import NewMessage, new_message_id
 from tests.support.inspect import client, enqueue, with_queue
-from tests.support.processes import FerryProcess, Sink, wait_until
+from tests.support.processes import FerryProcess, Sink, bare_env, ferry_command, wait_until
 
 StartSink = Callable[..., Sink]
 StartWorker = Callable[..., FerryProcess]
@@ -24,8 +28,26 @@ def listed(redis_url: str) -> list[WorkerRecord]:
     return with_queue(redis_url, registered_workers)
 
 
+def ferry(redis_url: str, *args: str) -> subprocess.Popen[str]:
+    """The real CLI, as an operator on another terminal runs it."""
+    return subprocess.Popen(
+        [ferry_command(), *args, "--redis-url", redis_url],
+        env=bare_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )
+
+
+def answer(command: subprocess.Popen[str]) -> str:
+    out, err = command.communicate(timeout=60)
+    assert command.returncode == 0 and err == "", err
+    return out
+
+
+def documents(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+
 def test_a_running_worker_is_listed_with_figures_that_move_and_leaves_on_a_clean_stop(
-    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker, tmp_path: Path
 ) -> None:
     sink = start_sink("--latency-ms", "200")
     worker = start_worker(redis_url, sink.url, WORKER_ID="listed", WORKER_CONCURRENCY=2)
@@ -36,6 +58,9 @@ def test_a_running_worker_is_listed_with_figures_that_move_and_leaves_on_a_clean
     )
     assert entry.metrics_url == f"http://127.0.0.1:{port}/metrics"
     assert entry.processed == entry.active == 0 and entry.heartbeat_age_seconds < 2
+    watch = FerryProcess(["queue", "watch", "--json", "--interval", "0.3", "--redis-url", redis_url], {}, tmp_path / "watch.log")
+    watch.start()
+    wait_until(lambda: documents(watch.log_path), timeout=30)
 
     enqueue(redis_url, [b"{}"] * 20)  # ten rounds of two deliveries of 0.2 s: two seconds of work
     readings: list[WorkerRecord] = []
@@ -51,11 +76,34 @@ def test_a_running_worker_is_listed_with_figures_that_move_and_leaves_on_a_clean
     assert with_queue(redis_url, take_snapshot).queue.model_dump(include={"enqueued_total", "delivered_total"}) == {
         "enqueued_total": 20, "delivered_total": 20
     }
+    # The watch saw messages come in and go out, then ends on Ctrl-C with exit 0.
+    wait_until(lambda: documents(watch.log_path)[-1]["queue"]["delivered_total"] == 20, timeout=10)
+    watched = documents(watch.log_path)
+    assert any(reading["rates"]["enqueued_per_second"] > 0 for reading in watched)
+    assert any(reading["rates"]["delivered_per_second"] > 0 for reading in watched)
+    watch.signal_group(signal.SIGINT)
+    assert watch.wait() == 0
+    assert "Traceback" not in watch.log()
+
+    as_json, table, once = (
+        ferry(redis_url, "workers", "list", "--json"),
+        ferry(redis_url, "workers", "list"),
+        ferry(redis_url, "queue", "watch", "--once", "--json"),
+    )
+    [shown] = json.loads(answer(as_json))
+    assert (shown["id"], shown["pid"], shown["metrics_url"], shown["processed"]) == ("listed", worker.pid, entry.metrics_url, 20)
+    row = next(line for line in answer(table).splitlines() if "listed" in line).split()
+    assert row[:3] == ["listed", socket.gethostname(), str(worker.pid)] and "20" in row
+    reading = json.loads(answer(once))
+    assert reading["queue"]["size"] == 0 and reading["queue"]["delivered_total"] == 20
+    assert [shown["id"] for shown in reading["workers"]] == ["listed"]
+    assert 0.9 < reading["rates"]["seconds"] < 5  # --once: rates over its first second
 
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0
     assert listed(redis_url) == []
     assert not client(redis_url).exists("{message_queue}:worker:listed")
+    assert answer(ferry(redis_url, "workers", "list")).startswith("no workers registered")
 
 
 def test_a_killed_workers_entry_expires(redis_url: str, start_sink: StartSink, start_worker: StartWorker) -> None:

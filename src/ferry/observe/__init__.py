@@ -7,6 +7,6 @@ dashboard all show the same `Snapshot`.
 """
 
 from ferry.observe.registry import WorkerRecord, registered_workers
-from ferry.observe.snapshot import Rates, Snapshot, rates, take_snapshot
+from ferry.observe.snapshot import Rates, Reading, Snapshot, rates, take_snapshot
 
-__all__ = ["Rates", "Snapshot", "WorkerRecord", "rates", "registered_workers", "take_snapshot"]
+__all__ = ["Rates", "Reading", "Snapshot", "WorkerRecord", "rates", "registered_workers", "take_snapshot"]

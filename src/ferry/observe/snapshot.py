@@ -52,6 +52,16 @@ class Rates(BaseModel):
     size_change_per_second: float  # growth of the backlog (negative: it shrinks)
 
 
+class Reading(Snapshot):
+    """A snapshot and the rates since the one before it: what `ferry queue watch` prints."""
+
+    rates: Rates
+
+    @classmethod
+    def of(cls, older: Snapshot, newer: Snapshot) -> Reading:
+        return cls(**dict(newer), rates=rates(older, newer))
+
+
 async def take_snapshot(queue: Queue) -> Snapshot:
     keys = queue.keys
     async with queue.redis.pipeline(transaction=False) as pipe:
