@@ -1,0 +1,229 @@
+"""`ferry verify --all` against a real stack under load: it passes when healthy, and fails
+naming the culprit with a frozen worker, a queue piling past 1000, an unreachable main
+server and a stopped proxy.
+
+One stack for the module (Valkey, `ferry sink` and `ferry proxy` over TLS with trustme
+certificates, three workers under `ferry workers start`, a steady load through the
+proxy); each fault is undone before the next test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ferry.observe import registered_workers
+from ferry.observe.registry import WorkerRecord
+from tests.conftest import TEST_WORKER_ENV
+from tests.support.certs import CertFiles
+from tests.support.inspect import client, queue_length, with_queue
+from tests.support.processes import FerryProcess, Proxy, Sink, bare_env, ferry_command, wait_until
+from tests.support.servers import RedisProcess, free_port_range
+
+NUM_WORKERS = 3
+API_KEY = "verify-key"
+PILE = 1100  # past the guide's 1000, for real
+
+
+class Load(threading.Thread):
+    """A steady trickle of messages through the proxy: 5 a batch, every 50 ms (about 100/s)."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        super().__init__(daemon=True)
+        self.proxy = proxy
+        self.stopping = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        body = json.dumps({"messages": [{"json": {"n": i}} for i in range(5)]}).encode()
+        while not self.stopping.wait(0.05):
+            try:
+                status, _, _ = self.proxy.request("POST", "/api/v1/messages/batch", body,
+                                                  {"Content-Type": "application/json"})
+            except OSError:
+                continue
+            self.sent += 5 if status == 202 else 0
+
+
+@dataclass
+class Stack:
+    directory: Path
+    certs: CertFiles
+    redis: RedisProcess
+    sink: Sink
+    proxy: Proxy
+    workers: FerryProcess
+    metrics_base: int
+
+    def verify(self, *extra: str) -> tuple[int, dict[str, Any]]:
+        """`ferry verify --all --sample-duration 3 --json` as an operator runs it on this host."""
+        args = [
+            ferry_command(), "verify", "--all", "--sample-duration", "3", "--json",
+            "--redis-url", self.redis.url, "--ca-file", str(self.certs.ca), "--proxy-url", self.proxy.base,
+            "--metrics-ports", f"{self.metrics_base}-{self.metrics_base + NUM_WORKERS}", *extra,
+        ]
+        env = bare_env(
+            MAIN_SERVER_URL=self.sink.url, MAIN_SERVER_CA_FILE=str(self.certs.ca),
+            FERRY_LEASE_SECONDS=TEST_WORKER_ENV["FERRY_LEASE_SECONDS"], FERRY_HOME=str(self.directory / "home"),
+        )
+        done = subprocess.run(args, env=env, capture_output=True, timeout=60, check=False)
+        assert b"Traceback" not in done.stderr, done.stderr.decode()
+        return done.returncode, json.loads(done.stdout)
+
+    def registry(self) -> dict[str, WorkerRecord]:
+        return {w.id: w for w in with_queue(self.redis.url, registered_workers)}
+
+    def healthy(self) -> bool:
+        """Every worker registered with a fresh heartbeat, the queue and retries drained."""
+        workers = self.registry()
+        fresh = len(workers) == NUM_WORKERS and all(w.heartbeat_age_seconds < 1 for w in workers.values())
+        retrying = client(self.redis.url).zcard("{message_queue}:retry")
+        return fresh and queue_length(self.redis.url) < 50 and retrying == 0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, certs: CertFiles) -> Iterator[Stack]:
+    directory = tmp_path_factory.mktemp("verify")
+    redis = RedisProcess("valkey", directory / "valkey", appendfsync="everysec")
+    redis.start()
+    sink = Sink(directory, certs)
+    proxy = Proxy(directory, redis.url, certs, [], {}, api_key=API_KEY)
+    base = free_port_range(NUM_WORKERS + 1)
+    env = {
+        "REDIS_URL": redis.url, "MAIN_SERVER_URL": sink.url, "MAIN_SERVER_CA_FILE": str(certs.ca),
+        "FERRY_HOME": str(directory / "home"), **TEST_WORKER_ENV,
+    }
+    workers = FerryProcess(
+        ["workers", "start", "--num-workers", str(NUM_WORKERS), "--base-metrics-port", str(base)],
+        env, directory / "workers.log",
+    )
+    load = Load(proxy)
+    try:
+        sink.start()
+        proxy.start()
+        workers.start()
+        found = Stack(directory, certs, redis, sink, proxy, workers, base)
+        wait_until(found.healthy, timeout=60, interval=0.2)
+        load.start()
+        yield found
+    finally:
+        load.stopping.set()
+        workers.stop()
+        proxy.stop()
+        sink.kill()
+        redis.kill()
+
+
+@pytest.fixture
+def fresh(stack: Stack) -> Iterator[Stack]:
+    """The stack as healthy as it started, before and after the test."""
+    wait_until(stack.healthy, timeout=30, interval=0.2)
+    yield stack
+    wait_until(stack.healthy, timeout=30, interval=0.2)
+
+
+def problems(report: dict[str, Any], check: str) -> set[tuple[str, str]]:
+    return {(p["code"], p["subject"]) for p in report[check]["problems"]}
+
+
+def findings(report: dict[str, Any]) -> dict[str, str]:
+    return {f["code"]: f["message"] for f in report["diagnosis"]}
+
+
+def test_a_healthy_stack_under_load_passes_every_check(fresh: Stack) -> None:
+    code, report = fresh.verify()
+    assert (code, report["ok"]) == (0, True), json.dumps(report, indent=1)
+    assert [item["mark"] for item in report["checklist"]] == ["pass"] * 5
+    workers = report["workers"]
+    assert {w["id"] for w in workers["workers"]} == {f"worker-{n}" for n in range(1, NUM_WORKERS + 1)}
+    assert workers["fairness"]["judged"] and workers["fairness"]["jain_index"] >= 0.8
+    assert all(w["processed"] > 0 and w["metrics"] == "ok" for w in workers["workers"])
+    assert report["queue"]["arrival_per_second"] > 20 and report["queue"]["band"] == "healthy"
+    [proxy] = report["proxy"]["proxies"]
+    assert proxy["health"] == "ok" and proxy["p95_seconds"] < 1 and proxy["requests"] >= 20
+    assert report["main_server"]["reachable"] and report["main_server"]["certificate"]["verified"]
+
+
+def test_a_frozen_worker_fails_by_name(fresh: Stack) -> None:
+    pid = fresh.registry()["worker-2"].pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        code, report = fresh.verify()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert code == 1 and not report["ok"]
+    assert any(subject == "worker-2" and problem == "worker_frozen" for problem, subject in problems(report, "workers"))
+    assert {s for _, s in problems(report, "workers")} <= {"worker-2", "workers"}  # nobody else is blamed
+    assert report["proxy"]["problems"] == []
+
+
+def test_a_queue_piling_past_1000_fails_and_says_add_workers(fresh: Stack) -> None:
+    fresh.sink.faults(latency_ms=1000)  # three workers of 4 slots: 12 deliveries a second
+    try:
+        batch = json.dumps({"messages": [{"json": {"pile": i}} for i in range(100)]}).encode()
+        for _ in range(PILE // 100):
+            status, _, _ = fresh.proxy.request("POST", "/api/v1/messages/batch", batch,
+                                               {"Content-Type": "application/json"})
+            assert status == 202
+        code, report = fresh.verify()
+    finally:
+        fresh.sink.faults(latency_ms=0)
+    assert code == 1
+    assert problems(report, "queue") == {("queue_piling_up", "queue")}
+    assert report["queue"]["size"] > 1000 and report["queue"]["band"] == "add workers"
+    assert report["checklist"][2]["mark"] == "fail"
+    assert "workers_cannot_keep_up" in findings(report)
+    assert report["workers"]["recommendation"]["workers"] > NUM_WORKERS
+
+
+def test_an_unreachable_main_server_fails_and_is_probed(fresh: Stack) -> None:
+    answer = fresh.sink.post_json("/outage", {"seconds": 5})
+    assert answer.status == 202
+    code, report = fresh.verify()
+    assert code == 1
+    assert ("deliveries_failing", "main server") in problems(report, "workers")
+    assert not report["main_server"]["reachable"]
+    message = findings(report)["main_server_unreachable"]
+    assert f"localhost:{fresh.sink.port}" in message and "last errors" in message
+    wait_until(lambda: answers(fresh.sink), timeout=20)
+
+
+def answers(sink: Sink) -> bool:
+    try:
+        return sink.request("GET", "/stats").status == 200
+    except OSError:
+        return False
+
+
+def test_a_stopped_proxy_fails_by_its_url(fresh: Stack) -> None:
+    second = Proxy(fresh.directory, fresh.redis.url, fresh.certs, [], {}, api_key=API_KEY)
+    second.start()
+    second.stop()
+    code, report = fresh.verify("--proxy-url", second.base)
+    assert code == 1
+    assert problems(report, "proxy") == {("proxy_down", second.base)}
+    statuses = {p["url"]: p["status"] for p in report["proxy"]["proxies"]}
+    assert statuses == {fresh.proxy.base: "ok", second.base: "proxy_down"}
+
+
+def test_no_redis_is_exit_2_with_one_json_document(tmp_path: Path) -> None:
+    nowhere = f"redis://127.0.0.1:{free_port_range(1)}"
+    done = subprocess.run(
+        [ferry_command(), "verify", "--check-queue", "--json", "--sample-duration", "1", "--redis-url", nowhere],
+        env=bare_env(FERRY_HOME=str(tmp_path)), capture_output=True, timeout=30, check=False,
+    )
+    assert done.returncode == 2 and b"Traceback" not in done.stderr
+    report = json.loads(done.stdout)
+    assert report["error"]["code"] == "redis_unavailable" and report["exit_code"] == 2
+    usage = subprocess.run([ferry_command(), "verify", "--json", "--no-such-flag"], env=bare_env(),
+                           capture_output=True, timeout=30, check=False)
+    assert usage.returncode == 2 and json.loads(usage.stdout)["error"]["code"] == "usage"
