@@ -60,7 +60,9 @@ class Settings(BaseSettings):
 
     # Redis and the main server
     redis_url: str | None = env(
-        "REDIS_URL", "Redis/Valkey URL; unset means ferry runs its embedded Valkey."
+        "REDIS_URL",
+        "Redis/Valkey URL (redis+sentinel://, redis+cluster:// too: docs/scaling.md); unset means ferry "
+        "runs its embedded Valkey.",
     )
     main_server_url: str | None = env(
         "MAIN_SERVER_URL", "Where workers POST each message (http:// or https://)."
@@ -188,6 +190,16 @@ class Settings(BaseSettings):
     durability: Literal["normal", "strict"] = env(
         "FERRY_DURABILITY", "strict: fsync to the AOF (WAITAOF) before answering 202.", "normal"
     )
+    strict_replicas: int = env(
+        "FERRY_STRICT_REPLICAS",
+        "Replicas that must also have fsynced a message to their AOF before a strict 202 (WAITAOF 1 N); "
+        "fewer in time: 503.",
+        0,
+        ge=0,
+    )
+    partitions: int = env(
+        "FERRY_PARTITIONS", "Queue partitions (key groups) on a Redis Cluster; only 1 is built yet.", 1, ge=1
+    )
     signing_secret: SecretStr | None = env(
         "FERRY_SIGNING_SECRET", "Standard Webhooks secret (whsec_<base64>) that signs deliveries."
     )
@@ -238,9 +250,21 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
-        if value and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if value:
+            from ferry.queue.topology import parse_redis_url
+
+            parse_redis_url(value)  # ValueError: the URL names no server, sentinels or cluster
         return value or None
+
+    @field_validator("partitions")
+    @classmethod
+    def _one_partition(cls, value: int) -> int:
+        if value > 1:
+            raise ValueError(
+                "more than one partition is not built yet: ferry keeps every key of the queue in one "
+                "Cluster slot (docs/scaling.md, 'Partitions'); leave it at 1"
+            )
+        return value
 
     @field_validator("main_server_url")
     @classmethod
@@ -294,6 +318,12 @@ class Settings(BaseSettings):
     def _body_buffer_holds_a_body(self) -> Settings:
         if self.body_buffer_bytes + 64 * 1024 < self.max_body_bytes:  # 64 KiB of each body are not counted
             raise ValueError("FERRY_BODY_BUFFER_BYTES must hold a body of FERRY_MAX_BODY_BYTES (less 64 KiB)")
+        return self
+
+    @model_validator(mode="after")
+    def _replicas_need_strict(self) -> Settings:
+        if self.strict_replicas and self.durability != "strict":
+            raise ValueError("FERRY_STRICT_REPLICAS needs FERRY_DURABILITY=strict (normal mode waits for no fsync)")
         return self
 
     @model_validator(mode="after")

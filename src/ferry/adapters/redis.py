@@ -12,23 +12,33 @@ against 74 µs here, which was 7% of the proxy's ingest route. The internals
 used: `redis.connection.HiredisRespSerializer` and the `pack_command` method
 that every asyncio connection calls.
 
-Canaries: tests/adapters/test_redis.py, and tests/queue/test_redis_errors.py
-(errors of commands, pipelines and scripts; scripts loaded again after SCRIPT FLUSH).
+Sentinel and Cluster are redis-py's own: `SentinelConnectionPool` asks the
+sentinels for the master at every new connection, and its connections turn a
+READONLY reply (a master demoted under them) into a dropped connection, which
+the client's retries answer by asking again; `RedisCluster` follows MOVED and
+ASK and maps the slots again after a failover. `FerryRedisCluster` translates
+its errors as `FerryRedis` does.
+
+Canaries: tests/adapters/test_redis.py, tests/queue/test_redis_errors.py
+(errors of commands, pipelines and scripts; scripts loaded again after SCRIPT FLUSH),
+and tests/scaling/ (a real Sentinel failover, a real 3-master Cluster).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.connection import (
     AbstractConnection,
     Connection,
     SSLConnection,
     UnixDomainSocketConnection,
 )
+from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 from redis.commands.core import AsyncScript
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import NoScriptError
@@ -58,10 +68,38 @@ class HiredisUnixConnection(HiredisPacking, UnixDomainSocketConnection):
     pass
 
 
+class AskSentinelsOnReconnect:
+    """A sentinel-managed connection that asks the sentinels again on every reconnect.
+
+    redis-py 7.4 asks them only when the pool opens a connection: a connection
+    that a command's retry opens again (after the master died, or answered
+    READONLY) goes back to the old address (redis/redis-py#3874), so a failover
+    was never followed by a client that was connected when it happened.
+    `SentinelManagedConnection.connect` asks the sentinels, then connects with
+    `retry_socket_connect=False`; every other caller reconnects through it.
+    """
+
+    async def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if retry_socket_connect:
+            await cast(SentinelManagedConnection, self).connect()  # type: ignore[no-untyped-call]
+        else:
+            await super().connect_check_health(check_health, retry_socket_connect)  # type: ignore[misc]
+
+
+class HiredisSentinelConnection(HiredisPacking, AskSentinelsOnReconnect, SentinelManagedConnection):
+    pass
+
+
+class HiredisSentinelSSLConnection(HiredisPacking, AskSentinelsOnReconnect, SentinelManagedSSLConnection):
+    pass
+
+
 _PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {
     Connection: HiredisConnection,
     SSLConnection: HiredisSSLConnection,
     UnixDomainSocketConnection: HiredisUnixConnection,
+    SentinelManagedConnection: HiredisSentinelConnection,
+    SentinelManagedSSLConnection: HiredisSentinelSSLConnection,
 }
 
 
@@ -77,7 +115,11 @@ class FerryRedis(Redis):
     the original exception is the translation's `__cause__`. One exception passes
     through: NOSCRIPT from EVALSHA, which redis-py's script objects catch to load
     the script and run it again (`FerryScript` translates it if that fails too).
+
+    `companions` are clients closed with this one: the sentinels' connections.
     """
+
+    companions: tuple[Redis, ...] = ()
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         try:
@@ -94,6 +136,11 @@ class FerryRedis(Redis):
 
     def register_script(self, script: str | bytes) -> FerryScript:  # type: ignore[override]
         return FerryScript(self, script)
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for companion in self.companions:
+            await companion.aclose()
 
 
 class FerryPipeline(Pipeline):
@@ -120,3 +167,34 @@ class FerryScript(AsyncScript):
             return await super().__call__(keys, args, client)
         except NoScriptError as error:  # flushed again between SCRIPT LOAD and EVALSHA
             raise translate(error) from error
+
+
+class FerryRedisCluster(RedisCluster):
+    """redis-py's cluster client, raising only ferry's kinds of error, as `FerryRedis` does."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **options)
+        except NoScriptError as error:
+            if args and str(args[0]).upper() == "EVALSHA":
+                raise
+            raise translate(error) from error
+        except Exception as error:
+            raise translate(error) from error
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> FerryClusterPipeline:
+        return FerryClusterPipeline(self, transaction)  # type: ignore[abstract]  # as RedisCluster.pipeline builds its own
+
+    def register_script(self, script: str | bytes) -> FerryScript:  # type: ignore[override]
+        return FerryScript(self, script)  # type: ignore[arg-type]  # it sends EVALSHA and SCRIPT LOAD only
+
+
+class FerryClusterPipeline(ClusterPipeline):
+    """A cluster pipeline whose errors, raised or returned, are ferry's kinds."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        try:
+            replies = await super().execute(raise_on_error, allow_redirections)
+        except Exception as error:
+            raise translate(error) from error
+        return [translate(reply) if isinstance(reply, Exception) else reply for reply in replies]

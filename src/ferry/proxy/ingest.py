@@ -220,6 +220,7 @@ class Ingest:
         self.max_body_bytes = settings.max_body_bytes
         self.max_batch = settings.max_batch
         self.strict = settings.durability == "strict"
+        self.strict_replicas = settings.strict_replicas
         self.rate_limited = settings.rate_limit_per_second > 0
         self.limits = Limits(
             max_queue_size=settings.max_queue_size,
@@ -230,7 +231,9 @@ class Ingest:
         self.enqueuer: Coalescer[NewMessage, Enqueued] = Coalescer(self._store)
 
     async def _store(self, messages: list[NewMessage], all_or_nothing: bool = False) -> list[Enqueued]:
-        return await self.queue.enqueue(messages, self.limits, all_or_nothing=all_or_nothing, fsync=self.strict)
+        return await self.queue.enqueue(
+            messages, self.limits, all_or_nothing=all_or_nothing, fsync=self.strict, replicas=self.strict_replicas
+        )
 
     async def message(self, headers: dict[str, str], receive: Receive) -> Answer:
         """POST /api/v1/messages."""

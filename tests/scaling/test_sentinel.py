@@ -1,0 +1,176 @@
+"""Sentinel: proxies, workers and commands follow the master through a failover.
+
+One Sentinel set for the module (tests/scaling/servers.py): a master, two replicas
+and three sentinels on loopback, all Valkey, with a master called down after
+500 ms of silence. The tests run in file order: the graceful failover first, then
+the SIGKILL under load on whichever master that left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ferry.queue import Queue
+from ferry.queue.connection import connect
+from ferry.queue.errors import WritesRefused
+from ferry.queue.message import NewMessage, new_message_id
+from tests.scaling.load import Load, delivered
+from tests.scaling.servers import PASSWORD, SERVICE, SentinelSet
+from tests.support.processes import FerryProcess, Proxy, Sink, bare_env, ferry_command, wait_until
+
+LONG_LEASE_SECONDS = 10  # well over a failover here: such a lease must never lapse in one
+SHORT_LEASE_SECONDS = 1  # under a failover: such a lease may lapse, and fencing must make that harmless
+LOAD_BEFORE_KILL_SECONDS = 2.0
+LOAD_AFTER_KILL_SECONDS = 6.0
+REPLICATION_LAG_SECONDS = 1.0  # normal mode may lose what the old master answered this long before it died
+
+
+def _message(body: bytes = b"{}") -> NewMessage:
+    return NewMessage(new_message_id(), body, "application/json", "", "", "test")
+
+
+def _errorstat(node_client: Any, code: str) -> int:
+    stats = node_client.info("errorstats")
+    return int(stats.get(f"errorstat_{code}", {}).get("count", 0))
+
+
+def test_a_client_left_on_a_demoted_master_reconnects_to_the_new_one(sentinel_set: SentinelSet) -> None:
+    """SENTINEL FAILOVER leaves the old master up; when it is made a replica, a client
+    still connected to it gets READONLY. ferry's client asks the sentinels again and
+    writes on the new master (a URL naming the old server itself is refused instead)."""
+
+    async def run() -> None:
+        through_sentinels = connect(sentinel_set.url)
+        old = sentinel_set.master()
+        direct = connect(f"redis://:{PASSWORD}@127.0.0.1:{old.port}")
+        try:
+            queue = Queue(through_sentinels)
+            await queue.enqueue([_message()])  # the pool now holds a connection to `old`
+            old.client(password=PASSWORD).execute_command("WAIT", 2, 2000)
+            sentinel_set.sentinel_client().execute_command("SENTINEL", "FAILOVER", SERVICE)
+            new = sentinel_set.wait_for_new_master(old)
+            # What Sentinel does to the old master a few seconds later (without closing clients).
+            old.client(password=PASSWORD).execute_command("REPLICAOF", "127.0.0.1", str(new.port))
+            refused_before = _errorstat(old.client(password=PASSWORD), "READONLY")
+
+            message = _message(b'{"after": "failover"}')
+            assert (await queue.enqueue([message]))[0].outcome == "queued"
+            assert new.client(password=PASSWORD).hget(f"{{message_queue}}:msg:{message.id}", "status") == b"queued"
+            assert _errorstat(old.client(password=PASSWORD), "READONLY") > refused_before, (
+                "the client never met the demoted master: this test did not test READONLY"
+            )
+            with pytest.raises(WritesRefused, match="READONLY"):
+                await Queue(direct).enqueue([_message()])
+        finally:
+            await through_sentinels.aclose()
+            await direct.aclose()
+
+    asyncio.run(run())
+
+
+def test_master_sigkilled_under_load_strict_replicas_lose_nothing_and_normal_mode_counts_its_loss(
+    sentinel_set: SentinelSet,
+    start_sink: Callable[..., Sink],
+    start_proxy: Callable[..., Proxy],
+    start_worker: Callable[..., FerryProcess],
+) -> None:
+    """A steady load through two proxies (strict with FERRY_STRICT_REPLICAS=1, and normal),
+    three workers and a sink; the master is SIGKILLed, the sentinels promote a replica.
+
+    Every message the strict proxy answered 202 is delivered. What the normal proxy
+    answered and the old master had not yet sent to a replica is lost: the test
+    counts it, and checks it was answered in the last moment before the kill. Both
+    proxies and the deliveries carry on within a bound the test measures, well
+    under the workers' lease: leases of 10 s never lapse (no worker is fenced off or
+    reaped), and a worker whose 1 s lease lapses in the failover loses nothing either.
+    """
+    sink = start_sink()
+    url = sentinel_set.url
+    workers = [
+        start_worker(url, sink.url, WORKER_ID="long-1", FERRY_LEASE_SECONDS=LONG_LEASE_SECONDS),
+        start_worker(url, sink.url, WORKER_ID="long-2", FERRY_LEASE_SECONDS=LONG_LEASE_SECONDS),
+        start_worker(url, sink.url, WORKER_ID="short", FERRY_LEASE_SECONDS=SHORT_LEASE_SECONDS),
+    ]
+    strict = start_proxy(url, FERRY_DURABILITY="strict", FERRY_STRICT_REPLICAS=1)
+    normal = start_proxy(url)
+    # A strict 202 with a replica takes about a second (a replica reports its fsync once a
+    # second): more senders, whose messages the proxy stores together.
+    loads = {"strict": Load(strict, "strict", threads=8, interval_seconds=0), "normal": Load(normal, "normal")}
+    for load in loads.values():
+        load.start()
+    time.sleep(LOAD_BEFORE_KILL_SECONDS)
+
+    killed_at = time.time()
+    old = sentinel_set.kill_master()
+    new = sentinel_set.wait_for_new_master(old)
+    promoted_after = time.time() - killed_at
+    time.sleep(max(0.0, LOAD_AFTER_KILL_SECONDS - promoted_after))
+    for load in loads.values():
+        load.stop()
+
+    for name, load in loads.items():
+        assert not load.unexpected, f"{name}: {load.unexpected[:5]}"
+    strict_ids = {answer.id for answer in loads["strict"].answers}
+    normal_ids = {answer.id for answer in loads["normal"].answers}
+    wait_until(lambda: strict_ids <= delivered(sink).keys(), timeout=30)
+    master = new.client(password=PASSWORD)
+
+    def drained() -> bool:
+        in_flight = sum(master.zcard(key) for key in master.scan_iter("{message_queue}:inflight:*"))
+        return master.llen("message_queue") == 0 and master.zcard("{message_queue}:retry") == 0 and in_flight == 0
+
+    wait_until(drained, timeout=30)
+    stored = delivered(sink)
+
+    # Strict, one replica: nothing answered 202 is lost, and its status says delivered.
+    assert strict_ids - stored.keys() == set()
+    with master.pipeline(transaction=False) as pipe:
+        for message_id in strict_ids:
+            pipe.hget(f"{{message_queue}}:msg:{message_id}", "status")
+        assert set(pipe.execute()) == {b"delivered"}
+
+    # Normal: the loss is what the old master acknowledged just before it died, and no more.
+    answered = {answer.id: answer for answer in loads["normal"].answers}
+    lost = sorted(normal_ids - stored.keys())
+    for message_id in lost:
+        age = killed_at - answered[message_id].answered_at
+        assert 0 <= age < REPLICATION_LAG_SECONDS, f"{message_id} answered {age:.3f} s before the kill, lost"
+
+    # The bounds: from the kill to each proxy's first 202 after it, and the longest
+    # time without a new delivery at the sink around it.
+    resumed = {
+        name: min(answer.answered_at for answer in load.answers if answer.sent_at > killed_at + 0.001) - killed_at
+        for name, load in loads.items()
+    }
+    firsts = sorted(seen for seen in stored.values() if killed_at - 2 < seen < killed_at + LOAD_AFTER_KILL_SECONDS)
+    delivery_gap = max(later - earlier for earlier, later in zip(firsts, firsts[1:]))
+    print(
+        f"\nfailover: promoted after {promoted_after:.2f} s; strict proxy 202 again after {resumed['strict']:.2f} s, "
+        f"normal after {resumed['normal']:.2f} s; longest delivery gap {delivery_gap:.2f} s; "
+        f"strict {len(strict_ids)} answered, 0 lost; normal {len(normal_ids)} answered, {len(lost)} lost; "
+        f"refusals {loads['strict'].refusals} / {loads['normal'].refusals}"
+    )
+    bound = LONG_LEASE_SECONDS / 2
+    assert max(*resumed.values(), delivery_gap) < bound, (resumed, delivery_gap)
+
+    logs = {worker.args[0] + ":" + worker.env["WORKER_ID"]: worker.log() for worker in workers}
+    logs |= {"strict proxy": strict.log(), "normal proxy": normal.log()}
+    for name, text in logs.items():
+        assert PASSWORD not in text, f"{name} logged the Redis password"
+    for worker in workers[:2]:
+        assert "fenced off" not in worker.log(), f"{worker.env['WORKER_ID']}: a long lease lapsed in the failover"
+    for worker in workers:
+        assert worker.process is not None and worker.process.poll() is None, worker.log()
+
+    # Every command finds the master through the sentinels too.
+    listed = subprocess.run(
+        [ferry_command(), "dead", "list"], env=bare_env(REDIS_URL=url), capture_output=True, text=True, timeout=30
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert PASSWORD not in listed.stdout + listed.stderr
