@@ -14,15 +14,20 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from ferry.observe import registered_workers
 from ferry.observe.registry import WorkerRecord
+from ferry.observe.report import print_report
+from ferry.observe.verify import Report
+from ferry.queue.keys import Keys
 from tests.conftest import TEST_WORKER_ENV
 from tests.support.certs import CertFiles
 from tests.support.inspect import client, queue_length, with_queue
@@ -140,6 +145,9 @@ def findings(report: dict[str, Any]) -> dict[str, str]:
 
 
 def test_a_healthy_stack_under_load_passes_every_check(fresh: Stack) -> None:
+    decision = {"at": time.time(), "host": "ops-1", "pool": 4242, "direction": "up", "from": 3, "to": 4,
+                "rule": "queue_over_1000", "reason": "1204 queued > 1000"}
+    client(fresh.redis.url).lpush(Keys().autoscaler_decisions, json.dumps(decision))
     code, report = fresh.verify()
     assert (code, report["ok"]) == (0, True), json.dumps(report, indent=1)
     assert [item["mark"] for item in report["checklist"]] == ["pass"] * 5
@@ -151,6 +159,15 @@ def test_a_healthy_stack_under_load_passes_every_check(fresh: Stack) -> None:
     [proxy] = report["proxy"]["proxies"]
     assert proxy["health"] == "ok" and proxy["p95_seconds"] < 1 and proxy["requests"] >= 20
     assert report["main_server"]["reachable"] and report["main_server"]["certificate"]["verified"]
+    assert report["autoscaler"] == [decision]
+
+    console = Console(record=True, width=200)
+    print_report(Report.model_validate(report), console)
+    text = console.export_text()
+    for line in ("Multiple workers running", "Workers processing messages evenly", "Queue size stable or decreasing",
+                 "No single worker overloaded", "Proxy response times < 1 second"):
+        assert f"✅ {line}" in text
+    assert "worker-3" in text and "queue_over_1000" in text and "all checks passed" in text
 
 
 def test_a_frozen_worker_fails_by_name(fresh: Stack) -> None:
@@ -224,6 +241,32 @@ def test_no_redis_is_exit_2_with_one_json_document(tmp_path: Path) -> None:
     assert done.returncode == 2 and b"Traceback" not in done.stderr
     report = json.loads(done.stdout)
     assert report["error"]["code"] == "redis_unavailable" and report["exit_code"] == 2
+    said = subprocess.run(
+        [ferry_command(), "verify", "--check-queue", "--sample-duration", "1", "--redis-url", nowhere],
+        env=bare_env(FERRY_HOME=str(tmp_path)), capture_output=True, timeout=30, check=False,
+    )
+    assert said.returncode == 2 and said.stdout == b""
+    assert said.stderr.decode().startswith(f"ferry: Redis at {nowhere} does not answer")
+    assert said.stderr.count(b"\n") == 1
     usage = subprocess.run([ferry_command(), "verify", "--json", "--no-such-flag"], env=bare_env(),
                            capture_output=True, timeout=30, check=False)
     assert usage.returncode == 2 and json.loads(usage.stdout)["error"]["code"] == "usage"
+
+
+def test_a_worker_on_another_redis_database_is_named_as_on_another_queue(fresh: Stack) -> None:
+    port = fresh.metrics_base + NUM_WORKERS  # the last port of the cross-checked range
+    stray = FerryProcess(
+        ["worker"],
+        {"REDIS_URL": f"{fresh.redis.url}/1", "MAIN_SERVER_URL": fresh.sink.url, "MAIN_SERVER_CA_FILE": str(fresh.certs.ca),
+         "WORKER_ID": "stray", "WORKER_METRICS_PORT": str(port), "FERRY_HOME": str(fresh.directory / "home"),
+         **TEST_WORKER_ENV},
+        fresh.directory / "stray.log",
+    )
+    try:
+        stray.start_listening(port)
+        code, report = fresh.verify()
+    finally:
+        stray.stop()
+    assert code == 1
+    assert problems(report, "workers") == {("unregistered_worker", "stray")}
+    assert f"http://127.0.0.1:{port}/metrics" in findings(report)["workers_on_other_queue"]

@@ -16,6 +16,7 @@ from ferry.observe.checks_workers import (
     judge_workers,
     recommend,
 )
+from ferry.observe.diagnosis import Evidence, diagnose
 from ferry.observe.promtext import Buckets, parse
 
 LEASE = 2.0
@@ -184,3 +185,18 @@ def test_histogram_quantile_stays_within_the_buckets(counts: list[int], q: float
     value = buckets.quantile(q)
     assert (value is None) == (cumulative[2] == 0)
     assert value is None or 0 <= value <= 1.0
+
+
+def test_the_diagnosis_names_causes_in_the_guides_terms() -> None:
+    slow = worker("a", [0, 30])
+    slow.readings = [Reading(Counts(), Buckets(((5.0, 0), (10.0, 0), (float("inf"), 0)), 0.0)),
+                     Reading(Counts(processed=30), Buckets(((5.0, 1), (10.0, 30), (float("inf"), 30)), 240.0))]
+    stray = WorkerSeries(id="stray", registered=False, metrics_url="http://127.0.0.1:9109/metrics",
+                         readings=[Reading(Counts())])
+    workers = judged(slow, worker("b", [0, 30]), stray)
+    assert ("unregistered_worker", "stray") in {(p.code, p.subject) for p in workers.problems}
+    queue = judge_queue([reading(0, 150, 0, 0), reading(2, 400, 300, 50)], 300)
+    queue.retry_growth, queue.retry_scheduled = 12, 40
+    found = {f.code for f in diagnose(workers, queue, None, Evidence(redis="refusing writes: OOM", last_errors=["HTTP 503"]))}
+    assert {"main_server_slow", "workers_on_other_queue", "retries_piling_up", "workers_cannot_keep_up",
+            "redis_refusing_writes"} <= found

@@ -409,13 +409,13 @@ def judge_workers(
     if even.judged and (even.jain_index or 0) < FAIRNESS_THRESHOLD:
         problems.append(Problem(code="uneven_load", subject="workers", message=f"uneven load: {even.reason}"))
     attempts = deliveries(workers)
-    for worker in workers:
-        problem = by_worker.get(worker.id) or next((p for p in problems if p.subject == worker.id), None)
-        by_worker[worker.id] = problem
+    first: dict[str, Problem] = {}
+    for problem in problems:
+        first.setdefault(problem.subject, problem)
     return WorkersCheck(
         passed=not problems,
         problems=problems,
-        workers=[_result(w, by_worker[w.id], total, seconds) for w in workers],
+        workers=[_result(w, first.get(w.id), total, seconds) for w in workers],
         fairness=even,
         recommendation=recommend(workers, arrival_per_second, attempts.mean, cores),
         delivery_p95_seconds=_rounded(attempts.quantile(DELIVERY_P95_QUANTILE)),

@@ -100,7 +100,7 @@ def _main_server(workers: WorkersCheck | None, evidence: Evidence) -> list[Findi
 def _queue_names(workers: WorkersCheck | None, evidence: Evidence) -> list[Finding]:
     if workers is None:
         return []
-    elsewhere = [w.id for w in workers.workers if w.status == "unregistered_worker"]
+    elsewhere = [f"{w.id} ({w.metrics_url})" for w in workers.workers if w.status == "unregistered_worker"]
     if elsewhere:
         return [Finding(code="workers_on_other_queue",
                         message=f"{', '.join(elsewhere)} run but are not registered on {evidence.queue_name} at "
