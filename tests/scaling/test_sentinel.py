@@ -154,7 +154,8 @@ def test_master_sigkilled_under_load_strict_replicas_lose_nothing_and_normal_mod
         f"\nfailover: promoted after {promoted_after:.2f} s; strict proxy 202 again after {resumed['strict']:.2f} s, "
         f"normal after {resumed['normal']:.2f} s; longest delivery gap {delivery_gap:.2f} s; "
         f"strict {len(strict_ids)} answered, 0 lost; normal {len(normal_ids)} answered, {len(lost)} lost; "
-        f"refusals {loads['strict'].refusals} / {loads['normal'].refusals}"
+        f"refusals {loads['strict'].refusals} / {loads['normal'].refusals}; the 1 s-lease worker "
+        f"{'was fenced off and rejoined' if 'fenced off' in workers[2].log() else 'kept its lease'}"
     )
     bound = LONG_LEASE_SECONDS / 2
     assert max(*resumed.values(), delivery_gap) < bound, (resumed, delivery_gap)
@@ -174,3 +175,17 @@ def test_master_sigkilled_under_load_strict_replicas_lose_nothing_and_normal_mod
     )
     assert listed.returncode == 0, listed.stderr
     assert PASSWORD not in listed.stdout + listed.stderr
+
+
+def test_fewer_replicas_than_strict_replicas_answer_503_never_202(
+    sentinel_set: SentinelSet, start_proxy: Callable[..., Proxy]
+) -> None:
+    """One replica more than the master has: no fsync by that many can be confirmed, so
+    the proxy answers the strict failure's 503, not a weaker 202."""
+    master = sentinel_set.master().client(password=PASSWORD)
+    replicas = int(master.info("replication")["connected_slaves"])
+    proxy = start_proxy(sentinel_set.url, FERRY_DURABILITY="strict", FERRY_STRICT_REPLICAS=replicas + 1)
+    status, headers, body = proxy.post(b'{"n": 1}')
+    assert status == 503, body
+    assert body["error"] == "redis_unavailable" and "retry-after" in headers
+    assert f"fsynced by {replicas} of {replicas + 1} replicas" in proxy.log()
