@@ -66,6 +66,7 @@ def worker(directory: Path, certs: CertFiles, redis_url: str, main_server_url: s
             "WORKER_RETRY_INTERVAL": "0.2",
             "FERRY_LEASE_SECONDS": "2",
             "FERRY_HOME": str(directory / "home"),
+            "FERRY_SHUTDOWN_GRACE_SECONDS": "1",
             "LOG_LEVEL": "WARNING",
         },
         directory / f"{worker_id}.log",

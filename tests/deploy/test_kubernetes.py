@@ -1,0 +1,112 @@
+"""The Kubernetes manifests: the built-in kinds against Kubernetes' own schemas
+(kubernetes-validate, strict), KEDA's two kinds against the fields KEDA documents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from ferry.deploy import kubernetes
+from ferry.settings import load_settings
+
+KUBERNETES_VERSION = "1.30.0"
+_INT = {"type": "integer", "minimum": 0}
+_NAMED = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "minLength": 1}}}
+# KEDA 2's ScaledObject and TriggerAuthentication, as far as these manifests use them (from
+# KEDA's documentation of keda.sh/v1alpha1): an unknown field is an error, as a typo would be.
+KEDA_SCHEMAS: dict[str, dict[str, Any]] = {
+    "ScaledObject": {
+        "type": "object",
+        "required": ["scaleTargetRef", "triggers"],
+        "additionalProperties": False,
+        "properties": {
+            "scaleTargetRef": _NAMED,
+            "minReplicaCount": _INT,
+            "maxReplicaCount": _INT,
+            "pollingInterval": _INT,
+            "cooldownPeriod": _INT,
+            "advanced": {"type": "object", "properties": {"horizontalPodAutoscalerConfig": {"type": "object"}}},
+            "triggers": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["type", "metadata"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "type": {"type": "string"},
+                        "name": {"type": "string"},
+                        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "authenticationRef": _NAMED,
+                    },
+                },
+            },
+        },
+    },
+    "TriggerAuthentication": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "secretTargetRef": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["parameter", "name", "key"],
+                    "additionalProperties": False,
+                    "properties": {"parameter": {"type": "string"}, "name": {"type": "string"}, "key": {"type": "string"}},
+                },
+            }
+        },
+    },
+}
+
+
+def documents() -> list[dict[str, Any]]:
+    text = kubernetes.render(kubernetes.Cluster(), load_settings())
+    return list(yaml.safe_load_all(text))
+
+
+def validate(document: dict[str, Any]) -> None:
+    if document["apiVersion"].startswith("keda.sh/"):
+        assert document["apiVersion"] == "keda.sh/v1alpha1"
+        jsonschema.validate(document["spec"], KEDA_SCHEMAS[document["kind"]])
+    else:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_every_manifest_is_valid() -> None:
+    found = documents()
+    assert [doc["kind"] for doc in found] == [
+        "Namespace", "ConfigMap", "Deployment", "Service", "Deployment", "TriggerAuthentication", "ScaledObject"]
+    for document in found:
+        validate(document)
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "ScaledObject"])
+def test_a_misspelt_field_is_caught(kind: str) -> None:
+    document = next(doc for doc in documents() if doc["kind"] == kind)
+    document["spec"]["replica" if kind == "Deployment" else "minReplicas"] = 2
+    with pytest.raises((kubernetes_validate.ValidationError, jsonschema.ValidationError)):
+        validate(document)
+
+
+def test_keda_scales_the_workers_on_the_guides_queue_and_threshold() -> None:
+    scaled = next(doc for doc in documents() if doc["kind"] == "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "ferry-worker"
+    (trigger,) = scaled["spec"]["triggers"]
+    assert (trigger["type"], trigger["metadata"]) == ("redis", {"listName": "message_queue", "listLength": "1000"})
+
+
+def test_each_worker_pod_is_its_own_worker_id_and_settings_go_by_their_names() -> None:
+    found = documents()
+    config = next(doc for doc in found if doc["kind"] == "ConfigMap")["data"]
+    assert config["FERRY_METRICS_HOST"] == "0.0.0.0" and config["WORKER_CONCURRENCY"] == "4"
+    worker = next(doc for doc in found if doc["metadata"]["name"] == "ferry-worker" and doc["kind"] == "Deployment")
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    assert container["env"] == [{"name": "WORKER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    with pytest.raises(KeyError):
+        kubernetes._env({"no_such_setting": 1})  # a renamed setting cannot be written under its old name
