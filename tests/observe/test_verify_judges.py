@@ -18,6 +18,7 @@ from ferry.observe.checks_workers import (
 )
 from ferry.observe.diagnosis import Evidence, diagnose
 from ferry.observe.promtext import Buckets, parse
+from ferry.observe.verify import Report, checklist
 
 LEASE = 2.0
 
@@ -200,3 +201,12 @@ def test_the_diagnosis_names_causes_in_the_guides_terms() -> None:
     found = {f.code for f in diagnose(workers, queue, None, Evidence(redis="refusing writes: OOM", last_errors=["HTTP 503"]))}
     assert {"main_server_slow", "workers_on_other_queue", "retries_piling_up", "workers_cannot_keep_up",
             "redis_refusing_writes"} <= found
+
+
+def test_checks_not_asked_for_leave_their_checklist_lines_skipped() -> None:
+    queue = judge_queue([reading(0, 5), reading(1, 4)], 300)
+    report = Report(ok=True, exit_code=0, checks=["queue"], sample_duration_seconds=1, queue=queue)
+    marks = [(item.mark, item.detail) for item in checklist(report)]
+    assert marks[2][0] == "pass"
+    assert [mark for mark, _ in marks] == ["skip", "skip", "pass", "skip", "skip"]
+    assert marks[0][1] == "not checked (--check-workers)" and marks[4][1] == "not checked (--check-proxy)"
