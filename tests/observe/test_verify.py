@@ -248,6 +248,9 @@ def test_no_redis_is_exit_2_with_one_json_document(tmp_path: Path) -> None:
     assert said.returncode == 2 and said.stdout == b""
     assert said.stderr.decode().startswith(f"ferry: Redis at {nowhere} does not answer")
     assert said.stderr.count(b"\n") == 1
+    zero = subprocess.run([ferry_command(), "verify", "--json", "--sample-duration", "0"], env=bare_env(),
+                          capture_output=True, timeout=30, check=False)
+    assert zero.returncode == 2 and "--sample-duration" in json.loads(zero.stdout)["error"]["message"]
     usage = subprocess.run([ferry_command(), "verify", "--json", "--no-such-flag"], env=bare_env(),
                            capture_output=True, timeout=30, check=False)
     assert usage.returncode == 2 and json.loads(usage.stdout)["error"]["code"] == "usage"

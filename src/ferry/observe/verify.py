@@ -135,6 +135,16 @@ def _main_server_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
+async def _probe_main_server(settings: Settings, url: str) -> MainServerProbe:
+    try:
+        context = _main_server_context(settings) if url.startswith("https://") else None
+    except (ssl.SSLError, OSError) as error:  # the workers cannot load them either
+        return MainServerProbe(url=redacted_url(url), reachable=False, status=None, seconds=None,
+                               error=f"cannot load MAIN_SERVER_CA_FILE / MAIN_SERVER_CERT_FILE: {error}",
+                               certificate=None)
+    return await probe_main_server(url, context)
+
+
 async def _redis_state(queue: Queue) -> str:
     try:
         await probe_writes(queue.redis, queue.keys.health)
@@ -216,8 +226,7 @@ async def _connect(settings: Settings, required: bool) -> tuple[Queue | None, st
 async def _evidence(settings: Settings, queue: Queue | None, shown: str, options: VerifyOptions) -> Evidence:
     main: MainServerProbe | None = None
     if settings.main_server_url:
-        https = settings.main_server_url.startswith("https://")
-        main = await probe_main_server(settings.main_server_url, _main_server_context(settings) if https else None)
+        main = await _probe_main_server(settings, settings.main_server_url)
     return Evidence(
         main_server=main,
         redis=await _redis_state(queue) if queue is not None else "",
