@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -11,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from ferry import __version__
 from ferry.observe import WorkerRecord, registered_workers, take_snapshot
+from ferry.observe.registry import Registration
 from ferry.queue import Queue
 from ferry.queue.connection import connect
 from ferry.queue.message import NewMessage, new_message_id
@@ -26,6 +29,17 @@ StartWorker = Callable[..., FerryProcess]
 
 def listed(redis_url: str) -> list[WorkerRecord]:
     return with_queue(redis_url, registered_workers)
+
+
+def registered(redis_url: str, worker: FerryProcess) -> list[WorkerRecord]:
+    """Its entry, once it has one; fails at once, with its log, if the worker exited."""
+
+    def check() -> list[WorkerRecord]:
+        assert worker.process is not None and worker.process.poll() is None, f"the worker exited:\n{worker.log()}"
+        return listed(redis_url)
+
+    found: list[WorkerRecord] = wait_until(check, timeout=30)
+    return found
 
 
 def ferry(redis_url: str, *args: str) -> subprocess.Popen[str]:
@@ -51,7 +65,7 @@ def test_a_running_worker_is_listed_with_figures_that_move_and_leaves_on_a_clean
 ) -> None:
     sink = start_sink("--latency-ms", "200")
     worker = start_worker(redis_url, sink.url, WORKER_ID="listed", WORKER_CONCURRENCY=2)
-    [entry] = wait_until(lambda: listed(redis_url), timeout=30)
+    [entry] = registered(redis_url, worker)
     port = worker.env["WORKER_METRICS_PORT"]
     assert (entry.id, entry.host, entry.pid, entry.concurrency, entry.version) == (
         "listed", socket.gethostname(), worker.pid, 2, __version__
@@ -110,7 +124,7 @@ def test_a_killed_workers_entry_expires(redis_url: str, start_sink: StartSink, s
     sink = start_sink()
     # A one-second lease: its entry lives three.
     worker = start_worker(redis_url, sink.url, WORKER_ID="killed", FERRY_LEASE_SECONDS=1)
-    wait_until(lambda: listed(redis_url), timeout=30)
+    registered(redis_url, worker)
     worker.kill()
     [stale] = listed(redis_url)  # listed still, its heartbeat ageing
     wait_until(lambda: listed(redis_url) == [], timeout=10)
@@ -131,6 +145,7 @@ def new(count: int, idempotency_key: str = "") -> list[NewMessage]:
     return [NewMessage(new_message_id(), b"{}", "application/json", idempotency_key=idempotency_key) for _ in range(count)]
 
 
+@pytest.mark.both_servers
 async def test_the_counters_count_what_was_stored_delivered_and_buried_exactly(queue: Queue) -> None:
     first = new(3, idempotency_key="")
     keyed = new(1, idempotency_key="order-1")
@@ -158,3 +173,9 @@ async def test_the_counters_count_what_was_stored_delivered_and_buried_exactly(q
         "dead_total": 1,
     }
     assert snapshot.workers == []  # w1 holds a lease but wrote no entry
+
+    entry = Registration.of("w1", 4, "").entry(CollectorRegistry())
+    assert await queue.heartbeat("w1", "test", 30, entry=entry)
+    [listed_now] = await registered_workers(queue)
+    assert (listed_now.id, listed_now.concurrency, listed_now.pid) == ("w1", 4, os.getpid())
+    assert 0 < await queue.redis.pttl(queue.keys.worker_info("w1")) <= 90_000  # three leases
