@@ -41,6 +41,7 @@ class Layout:
     directory: Path
     sink: Sink
     sink_dir: Path
+    redis_url: str
     context: ssl.SSLContext
 
     @property
@@ -93,7 +94,7 @@ def layout(
             assert process.process is not None
             wait_port(port, process.process, process.log_path)
         nginx.wait_port(nginx_port)
-        yield Layout(nginx_port, ports, proxies, nginx, nginx_dir, sink, directory,
+        yield Layout(nginx_port, ports, proxies, nginx, nginx_dir, sink, directory, redis_url,
                      ssl.create_default_context(cafile=str(certs.ca)))
     finally:
         nginx.stop()
@@ -170,6 +171,25 @@ def test_the_proxies_log_the_client_nginx_names_and_ignore_anyone_elses(layout: 
 
     lines = wait_until(lambda: len(found := audit_lines()) >= 2 and found)
     assert [line["client"] for line in lines] == ["127.0.0.2", "127.0.0.2"], lines
+
+
+def test_ferry_verify_check_proxy_passes_through_nginx(layout: Layout, certs: CertFiles) -> None:
+    command = [ferry_command(), "verify", "--check-proxy", "--json", "--sample-duration", "2",
+               "--proxy-url", f"https://localhost:{layout.nginx_port}", "--ca-file", str(certs.ca),
+               "--redis-url", layout.redis_url]
+
+    async def verify_under_load() -> subprocess.CompletedProcess[str]:
+        load = asyncio.create_task(post_messages(layout.url, layout.context, 600, concurrency=4, rate_per_second=200))
+        done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=60)
+        assert {status for status, _ in await load} == {202}
+        return done
+
+    done = asyncio.run(verify_under_load())
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)["proxy"]
+    assert report["passed"] is True, report
+    # Timed from the instances' counters as nginx hands each scrape to one of them.
+    assert [(proxy["status"], proxy["requests"] > 0) for proxy in report["proxies"]] == [("ok", True)]
 
 
 def test_an_instance_killed_under_load_loses_no_202_and_the_others_take_its_traffic(layout: Layout) -> None:
