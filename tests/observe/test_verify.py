@@ -203,7 +203,7 @@ def test_a_queue_piling_past_1000_fails_and_says_add_workers(fresh: Stack) -> No
 
 
 def test_an_unreachable_main_server_fails_and_is_probed(fresh: Stack) -> None:
-    answer = fresh.sink.post_json("/outage", {"seconds": 5})
+    answer = fresh.sink.post_json("/outage", {"seconds": 4})
     assert answer.status == 202
     code, report = fresh.verify()
     assert code == 1

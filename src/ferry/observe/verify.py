@@ -8,6 +8,7 @@ describes each check, threshold and field.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 from collections.abc import Callable, Sequence
@@ -195,8 +196,8 @@ async def verify(settings: Settings, options: VerifyOptions, progress: Callable[
         proxy_headers=_proxy_headers(settings),
     )
     try:
-        samples = await sample_window(plan, progress)
-        evidence = await _evidence(settings, queue, shown, options)
+        samples, first_probe = await asyncio.gather(sample_window(plan, progress), _main_server(settings))
+        evidence = await _evidence(settings, queue, shown, options, first_probe)
     except RedisFailure as error:
         raise VerifyError("redis_unavailable", f"Redis at {shown} failed during the window: {error}") from None
     finally:
@@ -223,10 +224,17 @@ async def _connect(settings: Settings, required: bool) -> tuple[Queue | None, st
     return queue, redacted_url(url)
 
 
-async def _evidence(settings: Settings, queue: Queue | None, shown: str, options: VerifyOptions) -> Evidence:
-    main: MainServerProbe | None = None
-    if settings.main_server_url:
-        main = await _probe_main_server(settings, settings.main_server_url)
+async def _main_server(settings: Settings) -> MainServerProbe | None:
+    return await _probe_main_server(settings, settings.main_server_url) if settings.main_server_url else None
+
+
+async def _evidence(
+    settings: Settings, queue: Queue | None, shown: str, options: VerifyOptions, first: MainServerProbe | None
+) -> Evidence:
+    """What the diagnosis reads after the window. The main server is probed at its start and
+    its end: an outage that began or ended within the window shows in one of the two."""
+    last = await _main_server(settings)
+    main = first if first is not None and not first.reachable and last is not None and last.reachable else last
     return Evidence(
         main_server=main,
         redis=await _redis_state(queue) if queue is not None else "",
