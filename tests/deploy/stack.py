@@ -10,7 +10,6 @@ import socket
 import sqlite3
 import ssl
 import subprocess
-from collections.abc import Iterable
 from pathlib import Path
 
 import aiohttp
@@ -18,8 +17,8 @@ import pytest
 
 from tests.support.certs import CertFiles
 from tests.support.inspect import scrape_text
-from tests.support.processes import FerryProcess, wait_until
-from tests.support.servers import free_port
+from tests.support.processes import FerryProcess, Sink, wait_until
+from tests.support.servers import RedisProcess, free_port
 
 API_KEY = "deploy-key"
 ADMIN_KEY = "deploy-admin"
@@ -31,6 +30,14 @@ def need(program: str) -> str:
     if found is None:
         pytest.fail(f"{program} is not installed (apt-get install {program}; .ci/run does)")
     return found
+
+
+def sink_on_fresh_redis(directory: Path, certs: CertFiles, server: RedisProcess) -> tuple[str, Sink]:
+    """The session's Valkey emptied for this module, and a sink of its own (started)."""
+    server.client().flushall()
+    sink = Sink(directory, certs)
+    sink.start()
+    return server.url, sink
 
 
 def proxy(directory: Path, certs: CertFiles, redis_url: str, port: int, **env: str) -> FerryProcess:

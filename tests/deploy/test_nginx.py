@@ -22,6 +22,7 @@ from tests.deploy.stack import (
     need,
     post_messages,
     proxy,
+    sink_on_fresh_redis,
     wait_port,
     worker,
 )
@@ -69,10 +70,7 @@ def layout(
 ) -> Iterator[Layout]:
     nginx_binary = need("nginx")
     directory = tmp_path_factory.mktemp("nginx-layout")
-    default_server.client().flushall()
-    redis_url = default_server.url
-    sink = Sink(directory, certs)
-    sink.start()
+    redis_url, sink = sink_on_fresh_redis(directory, certs, default_server)
     base = free_port_range(INSTANCES)
     ports = list(range(base, base + INSTANCES))
     proxies = [proxy(directory, certs, redis_url, port) for port in ports]

@@ -19,10 +19,10 @@ import yaml
 
 from ferry.deploy import grafana, prometheus
 from ferry.deploy.prometheus import Scrape, Thresholds
-from tests.deploy.stack import API_KEY, Daemon, need, post_messages, proxy, wait_port, worker
+from tests.deploy.stack import API_KEY, Daemon, need, post_messages, proxy, sink_on_fresh_redis, wait_port, worker
 from tests.support.certs import CertFiles
 from tests.support.inspect import enqueue
-from tests.support.processes import FerryProcess, Sink, ferry_command, wait_until
+from tests.support.processes import Sink, ferry_command, wait_until
 from tests.support.servers import RedisProcess, free_port
 
 WORKER_IDS = ("prom-worker-1", "prom-worker-2")
@@ -56,10 +56,7 @@ def monitored(
 ) -> Iterator[Monitored]:
     binary = need("prometheus")
     directory = tmp_path_factory.mktemp("prometheus")
-    default_server.client().flushall()
-    redis_url = default_server.url
-    sink = Sink(directory, certs)
-    sink.start()
+    redis_url, sink = sink_on_fresh_redis(directory, certs, default_server)
     proxy_port = free_port()
     front = proxy(directory, certs, redis_url, proxy_port, FERRY_HEALTH_METRICS_NEED_KEY="true")
     workers = [worker(directory, certs, redis_url, sink.url, worker_id)[0] for worker_id in WORKER_IDS]

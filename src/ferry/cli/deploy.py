@@ -205,10 +205,4 @@ def examples(
     from ferry.deploy.files import examples as example_files
 
     for name, text in example_files().items():
-        path = directory / name
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-        except OSError as error:
-            fail(f"cannot write {path}: {error.strerror}")
-        typer.echo(f"wrote {path}", err=True)
+        _emit(text, directory / name)
