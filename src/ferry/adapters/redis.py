@@ -26,7 +26,7 @@ and tests/scaling/ (a real Sentinel failover, a real 3-master Cluster).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -108,6 +108,28 @@ def hiredis_packed(connection_class: type[AbstractConnection]) -> type[AbstractC
     return _PACKED[connection_class]
 
 
+async def _translated(command: Awaitable[Any], args: tuple[Any, ...]) -> Any:
+    """A command's reply, its error as ferry's kind. NOSCRIPT from EVALSHA passes through,
+    to AsyncScript.__call__, which loads the script and runs it again."""
+    try:
+        return await command
+    except NoScriptError as error:
+        if args and str(args[0]).upper() == "EVALSHA":
+            raise
+        raise translate(error) from error
+    except Exception as error:
+        raise translate(error) from error
+
+
+async def _translated_replies(execution: Awaitable[list[Any]]) -> list[Any]:
+    """A pipeline's replies, each error in them (raised or returned) as ferry's kind."""
+    try:
+        replies = await execution
+    except Exception as error:
+        raise translate(error) from error
+    return [translate(reply) if isinstance(reply, Exception) else reply for reply in replies]
+
+
 class FerryRedis(Redis):
     """redis-py's client, raising only ferry's kinds of error (`ferry.queue.errors`).
 
@@ -122,14 +144,7 @@ class FerryRedis(Redis):
     companions: tuple[Redis, ...] = ()
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
-        try:
-            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
-        except NoScriptError as error:
-            if args and str(args[0]).upper() == "EVALSHA":
-                raise  # to AsyncScript.__call__, which loads the script and runs it again
-            raise translate(error) from error
-        except Exception as error:
-            raise translate(error) from error
+        return await _translated(super().execute_command(*args, **options), args)  # type: ignore[no-untyped-call]
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> FerryPipeline:
         return FerryPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
@@ -147,11 +162,7 @@ class FerryPipeline(Pipeline):
     """A pipeline whose errors, raised or (raise_on_error=False) returned, are ferry's kinds."""
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        try:
-            replies = await super().execute(raise_on_error)
-        except Exception as error:
-            raise translate(error) from error
-        return [translate(reply) if isinstance(reply, Exception) else reply for reply in replies]
+        return await _translated_replies(super().execute(raise_on_error))
 
 
 class FerryScript(AsyncScript):
@@ -173,14 +184,7 @@ class FerryRedisCluster(RedisCluster):
     """redis-py's cluster client, raising only ferry's kinds of error, as `FerryRedis` does."""
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
-        try:
-            return await super().execute_command(*args, **options)
-        except NoScriptError as error:
-            if args and str(args[0]).upper() == "EVALSHA":
-                raise
-            raise translate(error) from error
-        except Exception as error:
-            raise translate(error) from error
+        return await _translated(super().execute_command(*args, **options), args)
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> FerryClusterPipeline:
         return FerryClusterPipeline(self, transaction)  # type: ignore[abstract]  # as RedisCluster.pipeline builds its own
@@ -193,8 +197,4 @@ class FerryClusterPipeline(ClusterPipeline):
     """A cluster pipeline whose errors, raised or returned, are ferry's kinds."""
 
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
-        try:
-            replies = await super().execute(raise_on_error, allow_redirections)
-        except Exception as error:
-            raise translate(error) from error
-        return [translate(reply) if isinstance(reply, Exception) else reply for reply in replies]
+        return await _translated_replies(super().execute(raise_on_error, allow_redirections))
