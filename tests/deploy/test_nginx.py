@@ -219,3 +219,19 @@ def test_an_instance_killed_under_load_loses_no_202_and_the_others_take_its_traf
     assert tried == [], tried[:3]
     wait_until(lambda: sum(accepted(port, layout.context) for port in survivors) - sum(before) == 300, timeout=10)
 
+
+
+def test_with_no_instance_left_a_client_is_told_to_send_again_in_ferrys_json(layout: Layout) -> None:
+    for process in layout.proxies:
+        process.kill()
+
+    async def post() -> tuple[int, str | None, dict[str, str]]:
+        import aiohttp
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=layout.context)) as session:
+            async with session.post(layout.url, data=b"{}", headers={"Authorization": "Bearer deploy-key"}) as response:
+                return response.status, response.headers.get("Retry-After"), await response.json(content_type=None)
+
+    status, retry_after, body = asyncio.run(post())
+    assert (status, retry_after, body["error"]) == (502, "1", "upstream_unavailable")
+    assert "Idempotency-Key" in body["detail"]
