@@ -80,7 +80,8 @@ def nginx(
             path = write_standalone(layout, settings, standalone)
         except OSError as error:
             fail(f"cannot write into {standalone}: {error.strerror}")
-        typer.echo(f"wrote {path}; run: nginx -p {path.parent.resolve()} -c {path.resolve()}", err=True)
+        root = path.parent.resolve()
+        typer.echo(f"wrote {path}; run: nginx -p {root} -c {root / 'nginx.conf'} -e {root / 'logs' / 'error.log'}", err=True)
         return
     _emit(server_blocks(layout, settings), output)
 
