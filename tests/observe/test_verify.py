@@ -22,7 +22,9 @@ from typing import Any
 
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
+from ferry.cli import app
 from ferry.observe import registered_workers
 from ferry.observe.registry import WorkerRecord
 from ferry.observe.report import print_report
@@ -221,17 +223,6 @@ def answers(sink: Sink) -> bool:
         return False
 
 
-def test_a_stopped_proxy_fails_by_its_url(fresh: Stack) -> None:
-    second = Proxy(fresh.directory, fresh.redis.url, fresh.certs, [], {}, api_key=API_KEY)
-    second.start()
-    second.stop()
-    code, report = fresh.verify("--proxy-url", second.base)
-    assert code == 1
-    assert problems(report, "proxy") == {("proxy_down", second.base)}
-    statuses = {p["url"]: p["status"] for p in report["proxy"]["proxies"]}
-    assert statuses == {fresh.proxy.base: "ok", second.base: "proxy_down"}
-
-
 def test_no_redis_is_exit_2_with_one_json_document(tmp_path: Path) -> None:
     nowhere = f"redis://127.0.0.1:{free_port_range(1)}"
     done = subprocess.run(
@@ -241,22 +232,24 @@ def test_no_redis_is_exit_2_with_one_json_document(tmp_path: Path) -> None:
     assert done.returncode == 2 and b"Traceback" not in done.stderr
     report = json.loads(done.stdout)
     assert report["error"]["code"] == "redis_unavailable" and report["exit_code"] == 2
-    said = subprocess.run(
-        [ferry_command(), "verify", "--check-queue", "--sample-duration", "1", "--redis-url", nowhere],
-        env=bare_env(FERRY_HOME=str(tmp_path)), capture_output=True, timeout=30, check=False,
-    )
-    assert said.returncode == 2 and said.stdout == b""
-    assert said.stderr.decode().startswith(f"ferry: Redis at {nowhere} does not answer")
-    assert said.stderr.count(b"\n") == 1
-    zero = subprocess.run([ferry_command(), "verify", "--json", "--sample-duration", "0"], env=bare_env(),
-                          capture_output=True, timeout=30, check=False)
-    assert zero.returncode == 2 and "--sample-duration" in json.loads(zero.stdout)["error"]["message"]
-    usage = subprocess.run([ferry_command(), "verify", "--json", "--no-such-flag"], env=bare_env(),
-                           capture_output=True, timeout=30, check=False)
-    assert usage.returncode == 2 and json.loads(usage.stdout)["error"]["code"] == "usage"
+    runner = CliRunner()
+    said = runner.invoke(app, ["verify", "--check-queue", "--sample-duration", "1", "--redis-url", nowhere],
+                         env={"FERRY_HOME": str(tmp_path)})
+    assert said.exit_code == 2 and said.stdout == ""
+    assert said.stderr.startswith(f"ferry: Redis at {nowhere} does not answer") and said.stderr.count("\n") == 1
 
 
-def test_a_worker_on_another_redis_database_is_named_as_on_another_queue(fresh: Stack) -> None:
+def test_usage_errors_are_exit_2_and_json_with_json() -> None:
+    runner = CliRunner()
+    zero = runner.invoke(app, ["verify", "--json", "--sample-duration", "0"])
+    assert zero.exit_code == 2 and "--sample-duration" in json.loads(zero.stdout)["error"]["message"]
+    usage = runner.invoke(app, ["verify", "--json", "--no-such-flag"])
+    assert usage.exit_code == 2 and json.loads(usage.stdout)["error"]["code"] == "usage"
+    ports = runner.invoke(app, ["verify", "--json", "--metrics-ports", "9100-oops"])
+    assert ports.exit_code == 2 and "--metrics-ports" in json.loads(ports.stdout)["error"]["message"]
+
+
+def test_a_stopped_proxy_and_a_worker_on_another_database_are_each_named(fresh: Stack) -> None:
     port = fresh.metrics_base + NUM_WORKERS  # the last port of the cross-checked range
     stray = FerryProcess(
         ["worker"],
@@ -265,11 +258,31 @@ def test_a_worker_on_another_redis_database_is_named_as_on_another_queue(fresh: 
          **TEST_WORKER_ENV},
         fresh.directory / "stray.log",
     )
+    second = Proxy(fresh.directory, fresh.redis.url, fresh.certs, [], {}, api_key=API_KEY)
     try:
         stray.start_listening(port)
-        code, report = fresh.verify()
+        second.start()
+        second.stop()
+        code, report = fresh.verify("--proxy-url", second.base)
     finally:
         stray.stop()
+        second.stop()
     assert code == 1
+    assert problems(report, "proxy") == {("proxy_down", second.base)}
+    statuses = {p["url"]: p["status"] for p in report["proxy"]["proxies"]}
+    assert statuses == {fresh.proxy.base: "ok", second.base: "proxy_down"}
     assert problems(report, "workers") == {("unregistered_worker", "stray")}
     assert f"http://127.0.0.1:{port}/metrics" in findings(report)["workers_on_other_queue"]
+
+
+def test_redis_refusing_writes_is_said(fresh: Stack) -> None:
+    redis = client(fresh.redis.url)
+    redis.config_set("maxmemory", "1")  # every write is refused: OOM under noeviction
+    try:
+        code, report = fresh.verify()
+    finally:
+        redis.config_set("maxmemory", "0")
+    assert code == 1
+    assert ("proxy_unhealthy", fresh.proxy.base) in problems(report, "proxy")
+    assert "redis_refusing_writes" in report["proxy"]["proxies"][0]["health"]
+    assert "OOM" in findings(report)["redis_refusing_writes"]
