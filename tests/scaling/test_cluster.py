@@ -7,14 +7,17 @@ Three masters on loopback made by `redis-cli --cluster create`. With FERRY_PARTI
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from redis.crc import key_slot
 
 from tests.scaling.load import Load, delivered
 from tests.scaling.servers import PASSWORD, ClusterSet
-from tests.support.processes import FerryProcess, Proxy, Sink, wait_until
+from tests.support.processes import FerryProcess, Proxy, Sink, bare_env, ferry_command, wait_until
+from tests.support.servers import free_port
 
 
 def test_messages_through_a_three_master_cluster_are_all_delivered(
@@ -48,3 +51,20 @@ def test_messages_through_a_three_master_cluster_are_all_delivered(
         assert worker.process is not None and worker.process.poll() is None, worker.log()
         assert PASSWORD not in worker.log()
     assert PASSWORD not in proxy.log()
+
+
+def test_a_strict_proxy_refuses_to_start_on_a_cluster(cluster_set: ClusterSet, tmp_path: Path) -> None:
+    """Strict mode's WAITAOF must follow the enqueue on the node of the queue's slot, which
+    is not built for a Cluster: the proxy says so at start rather than answer weaker 202s."""
+    done = subprocess.run(
+        [ferry_command(), "proxy", "--insecure", "--port", str(free_port())],
+        env=bare_env(
+            REDIS_URL=cluster_set.url, FERRY_DURABILITY="strict", FERRY_API_KEYS="k", FERRY_HOME=str(tmp_path)
+        ),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2, done
+    assert "FERRY_DURABILITY=strict is not built for redis+cluster://" in done.stderr
+    assert PASSWORD not in done.stdout + done.stderr
