@@ -127,7 +127,9 @@ def _backlog(workers: WorkersCheck | None, queue: QueueCheck | None, evidence: E
         if workers is not None:
             rec = workers.recommendation
             advice = f"; recommended {rec.workers} workers (now {rec.current}): {rec.reason}"
+        if "WORKER_CONCURRENCY" not in advice:
+            advice += "; or raise WORKER_CONCURRENCY"
         found.append(Finding(code="workers_cannot_keep_up",
                              message=f"workers cannot keep up: {arrival:.1f} messages/s in, {processing:.1f}/s "
-                             f"delivered{advice}; or raise WORKER_CONCURRENCY"))
+                             f"delivered{advice}"))
     return found
