@@ -43,7 +43,8 @@ def _errorstat(node_client: Any, code: str) -> int:
 def test_a_client_left_on_a_demoted_master_reconnects_to_the_new_one(sentinel_set: SentinelSet) -> None:
     """SENTINEL FAILOVER leaves the old master up; when it is made a replica, a client
     still connected to it gets READONLY. ferry's client asks the sentinels again and
-    writes on the new master (a URL naming the old server itself is refused instead)."""
+    writes on the new master, loading its script there (a URL naming the old server
+    itself is refused instead)."""
 
     async def run() -> None:
         through_sentinels = connect(sentinel_set.url)
@@ -65,6 +66,9 @@ def test_a_client_left_on_a_demoted_master_reconnects_to_the_new_one(sentinel_se
             assert _errorstat(old.client(password=PASSWORD), "READONLY") > refused_before, (
                 "the client never met the demoted master: this test did not test READONLY"
             )
+            # A promoted replica has no script cached: NOSCRIPT, and the client loaded it there.
+            assert _errorstat(new.client(password=PASSWORD), "NOSCRIPT") >= 1
+            assert new.client(password=PASSWORD).script_exists(queue._enqueue.sha) == [True]
             with pytest.raises(WritesRefused, match="READONLY"):
                 await Queue(direct).enqueue([_message()])
         finally:
