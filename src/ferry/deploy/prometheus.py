@@ -82,15 +82,17 @@ def config(scrape: Scrape) -> dict[str, Any]:
                 "static_configs": [{"targets": list(scrape.proxies)}],
             },
             {
-                # The worker registry, through any proxy: each target's scheme and path come
-                # with it (__scheme__, __metrics_path__), the worker's own /metrics is plain HTTP.
+                # The worker registry, through every proxy (all read the one registry, and a
+                # worker found twice is one target: discovery goes on while a proxy is down).
+                # Each target's scheme and path come with it (__scheme__, __metrics_path__).
                 "job_name": WORKER_JOB,
                 "http_sd_configs": [
                     {
-                        "url": f"{scrape.scheme}://{scrape.proxies[0]}/api/v1/sd/workers",
+                        "url": f"{scrape.scheme}://{address}/api/v1/sd/workers",
                         "refresh_interval": scrape.sd_refresh_interval,
                         **connection,
                     }
+                    for address in scrape.proxies
                 ],
             },
         ],
