@@ -111,7 +111,7 @@ def _summary(alert: str, value: str) -> str:
     return str(rule["annotations"]["summary"]).replace("{{ $value }}", value)
 
 
-def test_the_rules_fire_on_a_growing_queue_and_stay_quiet_on_a_healthy_one(tmp_path: Path) -> None:
+def test_the_rules_fire_on_a_growing_queue_and_a_silent_worker_and_stay_quiet_on_a_healthy_one(tmp_path: Path) -> None:
     (tmp_path / prometheus.RULES_FILE).write_text(prometheus.dump(prometheus.rules(), "test"))
     growing = {"series": 'redis_queue_size{instance="proxy-1:8001"}', "values": "0+100x30"}  # +100 a minute
     healthy = {"series": 'redis_queue_size{instance="proxy-1:8001"}', "values": "5+0x30"}
@@ -130,6 +130,18 @@ def test_the_rules_fire_on_a_growing_queue_and_stay_quiet_on_a_healthy_one(tmp_p
                     {"eval_time": "17m", "alertname": "FerryQueueBacklog", "exp_alerts": [
                         {"exp_labels": {"severity": "warning"},
                          "exp_annotations": {"summary": _summary("FerryQueueBacklog", "1700")}}]},
+                ],
+            },
+            {
+                "interval": "1m",
+                "input_series": [{"series": 'up{job="ferry-workers", instance="h1:9100", worker_id="w1", host="h1"}',
+                                  "values": "1 1 1 0 0 0 0"}],
+                "alert_rule_test": [
+                    {"eval_time": "3m", "alertname": "FerryWorkerDown", "exp_alerts": []},  # down, not for 1m yet
+                    {"eval_time": "5m", "alertname": "FerryWorkerDown", "exp_alerts": [
+                        {"exp_labels": {"severity": "warning", "job": "ferry-workers", "instance": "h1:9100",
+                                        "worker_id": "w1", "host": "h1"},
+                         "exp_annotations": {"summary": "worker w1 on h1 does not answer its /metrics"}}]},
                 ],
             },
             {
