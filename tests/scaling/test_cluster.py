@@ -7,12 +7,16 @@ Three masters on loopback made by `redis-cli --cluster create`. With FERRY_PARTI
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from redis.crc import key_slot
+
+from ferry.queue.connection import UnsafeRedis, check_server, connect
 
 from tests.scaling.load import Load, delivered
 from tests.scaling.servers import PASSWORD, ClusterSet
@@ -68,3 +72,24 @@ def test_a_strict_proxy_refuses_to_start_on_a_cluster(cluster_set: ClusterSet, t
     assert done.returncode == 2, done
     assert "FERRY_DURABILITY=strict is not built for redis+cluster://" in done.stderr
     assert PASSWORD not in done.stdout + done.stderr
+
+
+def test_an_evicting_master_anywhere_in_the_cluster_is_refused(cluster_set: ClusterSet) -> None:
+    """Any master may hold the queue's slot (after a reshard or with partitions): each is checked."""
+    home = cluster_set.node_of_slot(key_slot(b"message_queue"))
+    other = next(node for node in cluster_set.nodes if node is not home)
+    other.client(password=PASSWORD).config_set("maxmemory-policy", "allkeys-lru")
+
+    async def check() -> None:
+        client = connect(cluster_set.url)
+        try:
+            await check_server(client, allow_eviction=False)
+        finally:
+            await client.aclose()
+
+    try:
+        with pytest.raises(UnsafeRedis, match="maxmemory-policy is allkeys-lru"):
+            asyncio.run(check())
+    finally:
+        other.client(password=PASSWORD).config_set("maxmemory-policy", "noeviction")
+    asyncio.run(check())

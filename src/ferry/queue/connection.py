@@ -130,16 +130,39 @@ class ServerCheck:
 
 
 async def check_server(redis: Redis, allow_eviction: bool) -> ServerCheck:
-    """Refuse an evicting maxmemory-policy (it drops queued messages); warn about no persistence."""
+    """Refuse an evicting maxmemory-policy (it drops queued messages); warn about no persistence.
+
+    On a Cluster every master is checked: the queue's keys may live on any of them.
+    """
     check = ServerCheck()
     try:
-        config = await redis.config_get("maxmemory-policy")
-        config.update(await redis.config_get("appendonly"))
-        config.update(await redis.config_get("save"))
+        configs = await _server_configs(redis)
     except RedisBug:
         # Managed services often disable CONFIG; ferry cannot tell, so it says so.
         check.warnings.append("cannot read the server's CONFIG: check that maxmemory-policy is noeviction")
         return check
+    for config in configs:
+        _judge(config, allow_eviction, check)
+    check.warnings = list(dict.fromkeys(check.warnings))  # each master may say the same
+    return check
+
+
+async def _server_configs(redis: Redis) -> list[dict[Any, Any]]:
+    """maxmemory-policy, appendonly and save of the server, or of each of a Cluster's masters."""
+    names = ("maxmemory-policy", "appendonly", "save")
+    if isinstance(redis, RedisCluster):
+        per_node: dict[str, dict[Any, Any]] = {}
+        for name in names:
+            for node, values in (await redis.config_get(name, target_nodes=RedisCluster.PRIMARIES)).items():
+                per_node.setdefault(node, {}).update(values)
+        return list(per_node.values())
+    config: dict[Any, Any] = {}
+    for name in names:
+        config.update(await redis.config_get(name))
+    return [config]
+
+
+def _judge(config: dict[Any, Any], allow_eviction: bool, check: ServerCheck) -> None:
     policy = _text(config.get(b"maxmemory-policy", config.get("maxmemory-policy", b"")))
     if policy and policy != "noeviction":
         message = (
@@ -156,7 +179,6 @@ async def check_server(redis: Redis, allow_eviction: bool) -> ServerCheck:
             "Redis keeps nothing on disk (appendonly no, no save points): "
             "a Redis restart loses every queued message"
         )
-    return check
 
 
 class StrictDurabilityUnsupported(UnsafeRedis):
