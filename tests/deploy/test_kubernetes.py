@@ -110,3 +110,14 @@ def test_each_worker_pod_is_its_own_worker_id_and_settings_go_by_their_names() -
     assert container["env"] == [{"name": "WORKER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
     with pytest.raises(KeyError):
         kubernetes._env({"no_such_setting": 1})  # a renamed setting cannot be written under its old name
+
+
+def test_the_worker_pods_settings_load_without_the_proxys_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a worker pod's environment holds (the ConfigMap and its own env) is valid settings."""
+    found = documents()
+    config = next(doc for doc in found if doc["kind"] == "ConfigMap")["data"]
+    for name, value in config.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("WORKER_ID", "ferry-worker-abc")
+    settings = load_settings()
+    assert (settings.worker_id, settings.proxy_certfile, settings.trusted_proxies) == ("ferry-worker-abc", None, "10.0.0.0/8")

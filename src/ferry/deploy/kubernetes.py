@@ -48,8 +48,6 @@ def config_map(cluster: Cluster, settings: Settings) -> dict[str, Any]:
         "proxy_host": "0.0.0.0",
         "proxy_port": settings.proxy_port,
         "proxy_workers": cluster.proxy_processes,
-        "proxy_certfile": f"{TLS_DIR}/tls.crt",
-        "proxy_keyfile": f"{TLS_DIR}/tls.key",
         "trusted_proxies": cluster.trusted_proxies,
         "worker_concurrency": cluster.concurrency,
         "worker_retry_interval": settings.worker_retry_interval,
@@ -95,8 +93,11 @@ def _deployment(name: str, cluster: Cluster, replicas: int, pod: dict[str, Any])
 def proxy_deployment(cluster: Cluster, settings: Settings) -> dict[str, Any]:
     port = settings.proxy_port
     health = {"path": "/api/v1/health", "port": port, "scheme": "HTTPS"}
+    # The certificate is the proxy pods' alone: a worker given these would look for the files.
+    tls = _env({"proxy_certfile": f"{TLS_DIR}/tls.crt", "proxy_keyfile": f"{TLS_DIR}/tls.key"})
     container = _container(
         "proxy", cluster, ["ferry", "proxy"], [{"name": "https", "containerPort": port}],
+        env=[{"name": name, "value": value} for name, value in tls.items()],
         readinessProbe={"httpGet": health, "periodSeconds": 5, "failureThreshold": 2},
         livenessProbe={"tcpSocket": {"port": port}, "periodSeconds": 10, "failureThreshold": 3},
         resources={"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
