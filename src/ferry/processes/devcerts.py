@@ -16,10 +16,16 @@ class DevTls:
     key_file: Path
 
 
+def dev_tls(home: Path) -> DevTls:
+    """Where `ferry up` keeps them; clients (`ferry send`) trust that CA by default."""
+    directory = (home / "tls").resolve()
+    return DevTls(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+
+
 def ensure_dev_tls(home: Path) -> DevTls:
     """Reuse FERRY_HOME/tls if it is there, so a client that trusts the CA keeps trusting it."""
-    directory = (home / "tls").resolve()
-    tls = DevTls(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    tls = dev_tls(home)
+    directory = tls.ca_file.parent
     if all(path.is_file() for path in (tls.ca_file, tls.cert_file, tls.key_file)):
         return tls
     directory.mkdir(parents=True, exist_ok=True)
