@@ -3,8 +3,9 @@ workers on the Redis list (the guide's "Auto-scaling: Scale workers based on que
 
 Settings reach the pods by their environment names, taken from the settings model, so a
 renamed setting changes the manifests too. Secrets are referred to, never written: the
-manifests expect a Secret `ferry-secrets` (REDIS_URL, MAIN_SERVER_URL, FERRY_API_KEYS,
-and `redis-address`/`redis-password` for KEDA) and a TLS Secret `ferry-proxy-tls`.
+manifests expect a Secret `ferry-secrets` (REDIS_URL, MAIN_SERVER_URL, FERRY_API_KEYS: the
+pods' environment), a Secret `ferry-keda-redis` (`address`, `password`: KEDA's, kept
+out of the pods) and a TLS Secret `ferry-proxy-tls`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ferry.settings import Settings, env_name
 
 SECRET = "ferry-secrets"
 TLS_SECRET = "ferry-proxy-tls"
+KEDA_SECRET = "ferry-keda-redis"
 TLS_DIR = "/etc/ferry/tls"
 METRICS_PORT_NAME = "metrics"
 
@@ -144,8 +146,8 @@ def trigger_authentication(cluster: Cluster) -> dict[str, Any]:
         "metadata": _meta("ferry-redis", cluster),
         "spec": {
             "secretTargetRef": [
-                {"parameter": "address", "name": SECRET, "key": "redis-address"},
-                {"parameter": "password", "name": SECRET, "key": "redis-password"},
+                {"parameter": "address", "name": KEDA_SECRET, "key": "address"},
+                {"parameter": "password", "name": KEDA_SECRET, "key": "password"},
             ]
         },
     }
@@ -194,7 +196,7 @@ def manifests(cluster: Cluster, settings: Settings) -> list[dict[str, Any]]:
 def render(cluster: Cluster, settings: Settings) -> str:
     header = (
         "# Made by `ferry deploy kubernetes`; regenerate rather than edit.\n"
-        f"# Needs: KEDA (keda.sh), Secret {SECRET} (REDIS_URL, MAIN_SERVER_URL, FERRY_API_KEYS,\n"
-        f"# redis-address, redis-password) and TLS Secret {TLS_SECRET} in namespace {cluster.namespace}.\n"
+        f"# Needs, in namespace {cluster.namespace}: KEDA (keda.sh), Secret {SECRET} (REDIS_URL, MAIN_SERVER_URL,\n"
+        f"# FERRY_API_KEYS), Secret {KEDA_SECRET} (address, password) and TLS Secret {TLS_SECRET}.\n"
     )
     return yaml_text(manifests(cluster, settings), header)
