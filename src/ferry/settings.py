@@ -23,6 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ferry.platform import open_passed_pipe
 from ferry.validation import first_problem
 
 CONFIG_FILE_ENV = "FERRY_CONFIG"
@@ -227,6 +228,12 @@ class Settings(BaseSettings):
     allow_evicting_redis: bool = env(
         "FERRY_ALLOW_EVICTING_REDIS",
         "Run even when Redis may evict keys (maxmemory-policy other than noeviction).",
+        False,
+    )
+    portable_process_control: bool = env(
+        "FERRY_PORTABLE_PROCESS_CONTROL",
+        "Use Windows' process control on any platform: stop handlers without the loop's signal handlers, "
+        "children that watch their supervisor, no SIGTTIN/SIGTTOU (ferry.platform reads it; always on Windows).",
         False,
     )
 
@@ -480,7 +487,7 @@ def inherited_secrets() -> dict[str, str]:
         if fd_text is None:
             return {}
         try:
-            fd = int(fd_text)
+            fd = open_passed_pipe(fd_text)
             chunks = []
             while chunk := os.read(fd, 65536):
                 chunks.append(chunk)

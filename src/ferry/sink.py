@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import signal
 import sqlite3
 import ssl
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ferry import platform
 from ferry.logs import configure, get_logger
 
 log = get_logger("ferry.sink")
@@ -403,9 +403,7 @@ class Sink:
 async def _serve(config: SinkConfig) -> None:
     sink = Sink(config, MessageStore(config.db_path))
     stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+    platform.on_stop(stopping.set)
     try:
         await sink.start()
         await stopping.wait()

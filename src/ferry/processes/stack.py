@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import signal
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ferry import platform
 from ferry.logs import configure, get_logger
 from ferry.metrics import SupervisorMetrics
 from ferry.processes.devcerts import ensure_dev_tls
@@ -151,9 +151,7 @@ async def serve_stack(settings: Settings, redis_url: str, options: UpOptions) ->
     env = environment(settings) | {"FERRY_PROXY_WORKERS": str(options.proxy_workers)}
     proxy_secrets = secret_environment(settings, redis_url, PROXY_SECRETS) | {"FERRY_API_KEYS": key}
     stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+    platform.on_stop(stopping.set)
     pool = WorkerPool(supervisor, settings, redis_url, options.base_metrics_port, metrics)
     try:
         if start_sink:

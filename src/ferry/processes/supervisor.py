@@ -3,13 +3,13 @@
 Children run in sessions of their own: a Ctrl-C in the terminal reaches only the
 supervisor, which then stops each child once, gracefully, in a chosen order
 (a worker that got the terminal's SIGINT and then the supervisor's SIGTERM would
-take the second as "stop now"). On Linux each child also gets SIGTERM if the
-supervisor dies, so no orphan keeps running.
+take the second as "stop now"). Each child also stops when the supervisor dies,
+so no orphan keeps running (how, on each platform: `ferry.platform`).
 
 A child's secret settings (API keys, the signing secret, the URLs) never go
 through its environment, which every process it starts would inherit and which
 `/proc/<pid>/environ` shows: each start writes them on a fresh pipe whose read
-end the child alone gets (`pass_fds`), named by FERRY_SETTINGS_FD; the child
+end the child alone inherits, named by FERRY_SETTINGS_FD; the child
 reads them once, while loading its settings, and closes it. Nothing is on disk,
 and nothing is left to clean up when the supervisor is SIGKILLed.
 """
@@ -17,11 +17,9 @@ and nothing is left to clean up when the supervisor is SIGKILLed.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import os
 import random
-import signal
 import sys
 import threading
 import time
@@ -29,19 +27,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
+from ferry import platform
 from ferry.logs import get_logger
 from ferry.settings import SETTINGS_FD_ENV
 
 log = get_logger(__name__)
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM me when my parent dies (Linux)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def ferry_argv(*args: str) -> list[str]:
@@ -104,30 +96,28 @@ class Supervisor:
         child.watcher = asyncio.create_task(self._watch(child), name=f"watch {spec.name}")
 
     async def _spawn(self, child: Child) -> None:
+        env = {**child.spec.env, **platform.child_environment()}
         if not child.spec.secrets:
-            child.process = await asyncio.create_subprocess_exec(
-                *child.spec.argv,
-                env=child.spec.env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-            log.info("started", child=child.spec.name, pid=child.process.pid)
+            child.process = await _exec(child.spec.argv, {"env": env, **platform.child_options()})
+            self._started(child)
             return
         read_fd, write_fd = os.pipe()
         try:
-            child.process = await asyncio.create_subprocess_exec(
-                *child.spec.argv,
-                env={**child.spec.env, SETTINGS_FD_ENV: str(read_fd)},
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-                pass_fds=(read_fd,),
-            )
+            passing, fd_value = platform.pass_pipe(read_fd)
+            options = {"env": {**env, SETTINGS_FD_ENV: fd_value}, **platform.child_options(), **passing}
+            child.process = await _exec(child.spec.argv, options)
         except BaseException:
             os.close(write_fd)
             raise
         finally:
             os.close(read_fd)
         send_secrets(write_fd, child.spec.secrets)
+        self._started(child)
+
+    @staticmethod
+    def _started(child: Child) -> None:
+        assert child.process is not None
+        platform.adopt(child.process.pid)
         log.info("started", child=child.spec.name, pid=child.process.pid)
 
     async def _watch(self, child: Child) -> None:
@@ -190,7 +180,7 @@ class Supervisor:
         return delay
 
     async def remove(self, name: str, timeout_seconds: float) -> None:
-        """Stop one child gracefully (SIGTERM, then SIGKILL after `timeout_seconds`)."""
+        """Stop one child gracefully (SIGTERM or Ctrl-Break, then a kill after `timeout_seconds`)."""
         child = self.children.pop(name)
         await self._stop(child, timeout_seconds)
 
@@ -201,7 +191,7 @@ class Supervisor:
             if child.watcher is not None:
                 child.watcher.cancel()
             return
-        process.send_signal(signal.SIGTERM)
+        platform.request_stop(process)
         try:
             await asyncio.wait_for(process.wait(), timeout_seconds)
         except asyncio.TimeoutError:
@@ -216,6 +206,10 @@ class Supervisor:
         for group in groups:
             names = [name for name, child in self.children.items() if child.spec.group == group]
             await asyncio.gather(*(self.remove(name, timeout_seconds) for name in names))
+
+
+async def _exec(argv: list[str], options: dict[str, Any]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(argv[0], *argv[1:], **options)
 
 
 def send_secrets(write_fd: int, secrets: dict[str, str]) -> None:

@@ -6,13 +6,13 @@ import asyncio
 import ctypes
 import ipaddress
 import os
-import resource
 import shutil
 import ssl
 import tempfile
 
 from starlette.types import ASGIApp
 
+from ferry import platform
 from ferry.adapters.uvicorn import REFUSING_AT_MOST, Limits, ProxyConfig, ProxyHttpProtocol, serve
 from ferry.logs import configure, get_logger
 from ferry.processes.redis_url import resolve_redis_url
@@ -75,7 +75,7 @@ def keep_large_buffers_returnable() -> None:
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows' ctypes loads no library by None
         return
     mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
@@ -133,15 +133,8 @@ def connections_that_fit(max_connections: int) -> int:
     The proxy's processes inherit the limit.
     """
     needed = max_connections + REFUSING_AT_MOST + DESCRIPTOR_RESERVE
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
-            soft = raised
-        except (ValueError, OSError):
-            pass
-    if soft == resource.RLIM_INFINITY or soft >= needed:
+    soft = platform.raise_descriptor_limit(needed)
+    if soft is None or soft >= needed:
         return max_connections
     fitted = max(1, soft - REFUSING_AT_MOST - DESCRIPTOR_RESERVE)
     log.warning(
@@ -179,7 +172,7 @@ def run_proxy(settings: Settings, insecure: bool = False) -> None:
             host=settings.proxy_host,
             port=settings.proxy_port,
             workers=settings.proxy_workers,
-            loop="uvloop",
+            loop=platform.UVICORN_LOOP,
             http=ProxyHttpProtocol,
             ws="none",  # ferry serves no WebSockets
             lifespan="on",

@@ -84,6 +84,19 @@ class Keys:
         return f"{self.tag}:autoscaler:decisions"
 
     @property
+    def pools(self) -> str:
+        """Set of the ids (`host:pid`) of running worker pools, which `ferry workers scale` picks from."""
+        return f"{self.tag}:pools"
+
+    def pool(self, pool_id: str) -> str:
+        """Hash a running pool describes itself in: host, pid, size, wanted, heartbeat_at."""
+        return f"{self.tag}:pool:{pool_id}"
+
+    def pool_control(self, pool_id: str) -> str:
+        """List of scaling requests (JSON) to one pool: the portable control channel."""
+        return f"{self.tag}:pool:{pool_id}:control"
+
+    @property
     def health(self) -> str:
         """A short-lived string the proxy's health route writes: does Redis take writes?"""
         return f"{self.tag}:health"

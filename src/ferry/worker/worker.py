@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
 import socket
 import time
 import uuid
@@ -23,6 +22,7 @@ from typing import TypeVar
 import structlog
 from prometheus_client import start_http_server
 
+from ferry import platform
 from ferry.logs import configure, get_logger
 from ferry.metrics import WorkerMetrics
 from ferry.observe.registry import Registration, metrics_url
@@ -521,9 +521,7 @@ async def serve(settings: Settings, redis_url: str) -> int:
     async with Deliverer(settings) as deliverer:
         url = metrics_url(settings.metrics_host, settings.worker_metrics_port)
         worker = Worker(settings, queue, deliverer, metrics, metrics_url=url)
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, worker.stop)
-        loop.add_signal_handler(signal.SIGINT, worker.stop)
+        platform.on_stop(worker.stop)  # SIGTERM/SIGINT; Ctrl-C, Ctrl-Break, console close on Windows
         try:
             await worker.redis_away.call(queue.ping)  # started before Redis: wait for it
             check = await worker.redis_away.call(lambda: check_server(redis, settings.allow_evicting_redis))
