@@ -85,7 +85,11 @@ class SentinelSet:
 
     @property
     def url(self) -> str:
-        hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+        return self.url_of(self.sentinels)
+
+    def url_of(self, sentinels: list[Node]) -> str:
+        """A REDIS_URL naming these sentinels only."""
+        hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in sentinels)
         return f"redis+sentinel://:{PASSWORD}@{hosts}/{SERVICE}"
 
     def start(self) -> None:
@@ -118,14 +122,12 @@ class SentinelSet:
         wait_until(lambda: self._replicas_in_sync(master, 2), timeout=20)
         wait_until(self._sentinels_agree, timeout=20)  # they find each other through the master
 
-    def sentinel_client(self) -> redis.Redis:
-        return self.sentinels[0].client()
-
-    def master(self) -> Node:
-        """The data node the sentinels name as master now (in SENTINEL MASTERS, which redis-py
-        reads: it names the promoted replica once the failover has ended, where
-        GET-MASTER-ADDR-BY-NAME names it while the failover still runs)."""
-        ports = {int(sentinel.client().sentinel_master(SERVICE)["port"]) for sentinel in self.sentinels}
+    def master(self, sentinels: list[Node] | None = None) -> Node:
+        """The data node the sentinels (all, or those given) name as master now, in SENTINEL
+        MASTERS, which redis-py reads: it names the promoted replica once the failover
+        has ended, where GET-MASTER-ADDR-BY-NAME names it while the failover still runs."""
+        asked = sentinels or self.sentinels
+        ports = {int(sentinel.client().sentinel_master(SERVICE)["port"]) for sentinel in asked}
         if len(ports) != 1:
             raise LookupError(f"the sentinels name different masters: {sorted(ports)}")
         (port,) = ports
@@ -136,12 +138,13 @@ class SentinelSet:
         master.kill()
         return master
 
-    def wait_for_new_master(self, old: Node, timeout: float = 20) -> Node:
-        """The master after a failover, once it takes writes and a replica follows it."""
+    def wait_for_new_master(self, old: Node, timeout: float = 20, sentinels: list[Node] | None = None) -> Node:
+        """The master after a failover, once it takes writes and a replica follows it, as the
+        sentinels (all, or those given) name it."""
 
         def promoted() -> Node | None:
             try:
-                master = self.master()
+                master = self.master(sentinels)
             except (redis.RedisError, LookupError, StopIteration):
                 return None
             if master is old:

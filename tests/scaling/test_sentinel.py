@@ -46,17 +46,22 @@ def test_a_client_left_on_a_demoted_master_reconnects_to_the_new_one(sentinel_se
     writes on the new master, loading its script there (a URL naming the old server
     itself is refused instead)."""
 
+    # The sentinel told to fail over leads it, and names the old master until the failover
+    # ends, shortly before it makes the old master a replica and closes its clients. The
+    # others name the new master earlier: the client asks only them, and the test demotes
+    # the old master itself, as that sentinel would, before it does.
+    leader, *followers = sentinel_set.sentinels
+
     async def run() -> None:
-        through_sentinels = connect(sentinel_set.url)
+        through_sentinels = connect(sentinel_set.url_of(followers))
         old = sentinel_set.master()
         direct = connect(f"redis://:{PASSWORD}@127.0.0.1:{old.port}")
         try:
             queue = Queue(through_sentinels)
             await queue.enqueue([_message()])  # the pool now holds a connection to `old`
             old.client(password=PASSWORD).execute_command("WAIT", 2, 2000)
-            sentinel_set.sentinel_client().execute_command("SENTINEL", "FAILOVER", SERVICE)
-            new = sentinel_set.wait_for_new_master(old)
-            # What Sentinel does to the old master a few seconds later (without closing clients).
+            leader.client().execute_command("SENTINEL", "FAILOVER", SERVICE)
+            new = sentinel_set.wait_for_new_master(old, sentinels=followers)
             old.client(password=PASSWORD).execute_command("REPLICAOF", "127.0.0.1", str(new.port))
             refused_before = _errorstat(old.client(password=PASSWORD), "READONLY")
 
@@ -110,8 +115,8 @@ def test_master_sigkilled_under_load_strict_replicas_lose_nothing_and_normal_mod
         load.start()
     time.sleep(LOAD_BEFORE_KILL_SECONDS)
 
-    killed_at = time.time()
     old = sentinel_set.kill_master()
+    killed_at = time.time()
     new = sentinel_set.wait_for_new_master(old)
     promoted_after = time.time() - killed_at
     time.sleep(max(0.0, LOAD_AFTER_KILL_SECONDS - promoted_after))
