@@ -182,16 +182,26 @@ def watch_parent() -> None:
         parent = psutil.Process(int(value))
     except (ValueError, psutil.Error):
         log.warning("supervisor already gone at start, stopping", supervisor_pid=value)
-        signal.raise_signal(STOP_SIGNAL)
+        _stop_myself()
         return
 
     def watch() -> None:
         while _alive(parent):
             time.sleep(PARENT_POLL_SECONDS)
         log.warning("supervisor gone, stopping", supervisor_pid=parent.pid)
-        signal.raise_signal(STOP_SIGNAL)
+        _stop_myself()
 
     threading.Thread(target=watch, name="parent watch", daemon=True).start()
+
+
+def _stop_myself() -> None:
+    """The stop signal to this process, from any thread, so that its main thread wakes:
+    on POSIX sent to the process (the kernel interrupts the main thread's wait with it);
+    on Windows raised (the C runtime calls the handler, whose loop has a wakeup fd)."""
+    if sys.platform == "win32":
+        signal.raise_signal(STOP_SIGNAL)
+    else:
+        os.kill(os.getpid(), STOP_SIGNAL)
 
 
 def _alive(parent: psutil.Process) -> bool:

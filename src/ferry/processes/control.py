@@ -72,20 +72,29 @@ class PoolControl:
     wanted: Callable[[], int]  # workers asked for (the target of the last change)
     scale: Callable[[int], None]  # starts a change to a target (the pool clamps it to its limits)
     applied: int = 0
+    _away: bool = False
 
     async def run(self) -> None:
-        """Until cancelled; Redis away is waited out, a bad request logged and dropped."""
+        """Until cancelled; Redis away is waited out, a bad request logged and dropped, any
+        other failure logged with its traceback."""
         try:
             while True:
                 try:
                     await self._heartbeat()
                     popped = await self.redis.blpop([self.keys.pool_control(self.pool)], BLOCK_SECONDS)  # type: ignore[misc]
+                    if self._away:
+                        log.info("pool control channel reaches redis again")
+                        self._away = False
+                    if popped is not None:
+                        await self._apply(popped[1])
                 except RedisFailure as error:
-                    log.warning("pool control channel cannot reach redis", error=str(error))
+                    if not self._away:  # once an outage, not each second of it
+                        log.warning("pool control channel cannot reach redis", error=str(error))
+                    self._away = True
                     await asyncio.sleep(REDIS_AWAY_PAUSE_SECONDS)
-                    continue
-                if popped is not None:
-                    await self._apply(popped[1])
+                except Exception as error:  # never ends in silence: logged, and the channel goes on
+                    log.error("pool control channel failed unexpectedly, going on", error=str(error), exc_info=error)
+                    await asyncio.sleep(REDIS_AWAY_PAUSE_SECONDS)
         finally:
             await self._sign_off()
 

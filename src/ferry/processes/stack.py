@@ -23,7 +23,8 @@ from ferry.metrics import SupervisorMetrics
 from ferry.processes.devcerts import ensure_dev_tls
 from ferry.processes.redis_url import resolve_redis_url
 from ferry.processes.supervisor import ChildSpec, Supervisor, child_env, ferry_argv
-from ferry.processes.worker_pool import WORKER_GROUP, WorkerPool
+from ferry.processes.worker_pool import WORKER_GROUP, WorkerPool, control_channel
+from ferry.queue.connection import connect
 from ferry.settings import Settings, environment, redacted_url, secret_environment
 
 log = get_logger(__name__)
@@ -181,10 +182,15 @@ async def serve_stack(settings: Settings, redis_url: str, options: UpOptions) ->
         ),
         flush=True,
     )
+    redis = connect(redis_url)
+    control = asyncio.create_task(control_channel(pool, redis).run())  # `ferry workers scale` works here too
     failed = asyncio.create_task(supervisor.all_failed.wait())
     await asyncio.wait([asyncio.create_task(stopping.wait()), failed], return_when=asyncio.FIRST_COMPLETED)
     log.info("stopping the stack")
+    control.cancel()
+    await asyncio.gather(control, return_exceptions=True)
     await supervisor.stop_all(STOP_ORDER, pool.stop_timeout_seconds)
+    await redis.aclose()
     return 1 if failed.done() else 0
 
 

@@ -172,6 +172,11 @@ async def record_decision(redis: Redis, keys: Keys, decision: Decision, workers_
         log.warning("cannot record the autoscaler's decision", error=str(error))
 
 
+def control_channel(pool: WorkerPool, redis: Redis) -> PoolControl:
+    """`ferry workers scale`'s way to this pool, through Redis."""
+    return PoolControl(redis, Keys(), pool_id(), lambda: pool.size, lambda: pool.wanted, pool.resize_soon)
+
+
 def _log_failure(task: asyncio.Task[None]) -> None:
     """A done callback: a background task that failed says so (nothing awaits it)."""
     if not task.cancelled() and (error := task.exception()) is not None:
@@ -214,8 +219,7 @@ async def serve_workers(
         "workers started", workers=pool.size, metrics_ports=pool.metrics_ports(), autoscale=policy is not None, pool=pool_id()
     )
     redis = connect(redis_url)
-    control = PoolControl(redis, Keys(), pool_id(), lambda: pool.size, lambda: pool.wanted, pool.resize_soon)
-    scaling = [asyncio.create_task(control.run())]
+    scaling = [asyncio.create_task(control_channel(pool, redis).run())]
     if policy:
         scaling.append(asyncio.create_task(autoscale(pool, redis, policy)))
     failed = asyncio.create_task(supervisor.all_failed.wait())
