@@ -78,9 +78,12 @@ def on_stop(callback: Callable[[], None]) -> None:
     """Call `callback` in the running loop at each stop request (it counts them itself)."""
     loop = asyncio.get_running_loop()
     if not portable():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, callback)
-        return
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, callback)
+            return
+        except NotImplementedError:  # a loop without signal handlers: the portable way below
+            pass
 
     def handler(signum: int, frame: object) -> None:
         loop.call_soon_threadsafe(callback)

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import pytest
+
+from ferry.processes.control import NoSuchPool, PoolState, Request, choose_pool
 
 from tests.support.inspect import registered_workers
 from tests.support.processes import FerryProcess, Sink, ferry_command, wait_until
@@ -57,3 +61,39 @@ def test_portable_mode_scales_through_redis_and_its_workers_stop_when_the_superv
         assert re.search(r'"event": "worker stopped".*"worker_id": "worker-1"', log), log  # drained, not killed
     finally:
         supervisor.kill()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "ferry: give either a step (+1, -1) or --to N"),
+        (["+1", "--to", "3"], "ferry: give either a step (+1, -1) or --to N"),
+        (["two"], "ferry: the step must be +N or -N, not 'two'"),
+        (["-x1"], "ferry: the step must be +N or -N, not '-x1'"),
+    ],
+)
+def test_workers_scale_refuses_a_bad_request_in_one_line(args: list[str], message: str) -> None:
+    done = subprocess.run([ferry_command(), "workers", "scale", *args], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "REDIS_URL": "redis://127.0.0.1:1"})
+    assert (done.returncode, done.stderr.strip()) == (2, message)
+
+
+def test_a_request_targets_the_pools_wanted_count_and_bad_ones_are_refused() -> None:
+    assert Request(step=-1).target(1) == 0 and Request(step=-1).target(0) == 0 and Request(step=2).target(3) == 5
+    assert Request.decode(Request(to=4).encode()) == Request(to=4)
+    assert Request.decode(Request(step=-1).encode()) == Request(step=-1)
+    for raw in (b"", b"[]", b'{"to": -1}', b'{"to": "3"}', b'{"go": 1}'):
+        with pytest.raises(ValueError):
+            Request.decode(raw)
+
+
+def test_the_pool_is_the_one_named_or_the_only_one_on_this_host() -> None:
+    here, there = socket.gethostname(), "elsewhere"
+    pools = [PoolState(f"{here}:10", here, 1, 1, 0), PoolState(f"{there}:11", there, 2, 2, 0)]
+    assert choose_pool(pools, None).pool == f"{here}:10"
+    assert choose_pool(pools, f"{there}:11").pool == f"{there}:11"
+    assert choose_pool(pools[1:], None).pool == f"{there}:11"  # the only one anywhere
+    with pytest.raises(NoSuchPool, match="several pools run"):
+        choose_pool([*pools, PoolState(f"{here}:12", here, 1, 1, 0)], None)
+    with pytest.raises(NoSuchPool, match="no running pool of workers"):
+        choose_pool([], None)
