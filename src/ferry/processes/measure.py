@@ -16,11 +16,11 @@ import aiohttp
 import psutil
 
 from ferry.logs import get_logger
-from ferry.observe.promtext import Buckets, Page, parse
+from ferry.observe.probes import ScrapeFailure, scrape
+from ferry.observe.promtext import Buckets, Page
 
 log = get_logger(__name__)
 
-SCRAPE_TIMEOUT_SECONDS = 2.0
 DELIVERY_HISTOGRAM = "worker_delivery_duration_seconds"
 ACTIVE_GAUGE = "worker_active_tasks"
 
@@ -56,7 +56,7 @@ class PoolMeter:
     async def measure(self, targets: list[Target]) -> Measured:
         self._seen = {pid: seen for pid, seen in self._seen.items() if pid in {t.pid for t in targets}}
         cpus = [cpu for t in targets if (cpu := self._cpu(t.pid)) is not None]
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS)) as session:
+        async with aiohttp.ClientSession() as session:  # `scrape` gives each page its timeout
             pages = await asyncio.gather(*(self._scrape(session, t) for t in targets))
         delivered, active, answered = Buckets(), 0, False
         for target, page in zip(targets, pages):
@@ -92,10 +92,8 @@ class PoolMeter:
             return None
         host = "127.0.0.1" if self.metrics_host in ("0.0.0.0", "::", "") else self.metrics_host
         url = f"http://{host}:{target.metrics_port}/metrics"
-        try:
-            async with session.get(url) as response:
-                response.raise_for_status()
-                return parse(await response.text())
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
-            log.debug("autoscaler cannot read a worker's metrics", url=url, error=str(error))
+        page = await scrape(session, url)
+        if isinstance(page, ScrapeFailure):
+            log.debug("autoscaler cannot read a worker's metrics", url=url, error=page.detail)
             return None
+        return page
