@@ -208,7 +208,8 @@ class SupervisorMetrics:
         )
         self.decisions = Counter(
             "ferry_autoscaler_decisions",
-            "Changes of the worker count, by direction and reason.",
+            "Changes of the worker count, by direction and the rule that fired (reason: queue_high, "
+            "cpu_high, p95_high, queue_growing, idle, minimum, maximum).",
             ["direction", "reason"],
             registry=self.registry,
         )
