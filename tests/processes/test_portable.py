@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import pytest
 
 from ferry.processes.control import NoSuchPool, PoolState, Request, choose_pool
 
-from tests.support.inspect import registered_workers
+from tests.support.inspect import client, registered_workers
 from tests.support.processes import FerryProcess, Sink, ferry_command, wait_until
 from tests.support.servers import free_port_range
 
@@ -28,18 +29,22 @@ def scale(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_portable_mode_scales_through_redis_and_its_workers_stop_when_the_supervisor_is_sigkilled(
-    redis_url: str, start_sink: Callable[..., Sink], tmp_path: Path
-) -> None:
-    sink = start_sink()
+def portable_pool(redis_url: str, sink: Sink, log_path: Path) -> FerryProcess:
     assert sink.certs is not None
     supervisor = FerryProcess(
         ["workers", "start", "--num-workers", "1", "--base-metrics-port", str(free_port_range(2))],
         {"REDIS_URL": redis_url, "MAIN_SERVER_URL": sink.url, "MAIN_SERVER_CA_FILE": str(sink.certs.ca),
          "FERRY_LEASE_SECONDS": "2", "LOG_LEVEL": "INFO", "FERRY_PORTABLE_PROCESS_CONTROL": "true"},
-        tmp_path / "workers.log",
+        log_path,
     )
     supervisor.start()
+    return supervisor
+
+
+def test_portable_mode_scales_through_redis_and_its_workers_stop_when_the_supervisor_is_sigkilled(
+    redis_url: str, start_sink: Callable[..., Sink], tmp_path: Path
+) -> None:
+    supervisor = portable_pool(redis_url, start_sink(), tmp_path / "workers.log")
     try:
         wait_until(lambda: registered_workers(redis_url) == {"worker-1"}, timeout=30)
         pool = f"{os.uname().nodename}:{supervisor.pid}"
@@ -59,6 +64,20 @@ def test_portable_mode_scales_through_redis_and_its_workers_stop_when_the_superv
         log = supervisor.log()
         assert "supervisor gone, stopping" in log
         assert re.search(r'"event": "worker stopped".*"worker_id": "worker-1"', log), log  # drained, not killed
+    finally:
+        supervisor.kill()
+
+
+def test_portable_mode_drains_the_pool_on_ctrl_c_without_the_loops_signal_handlers(
+    redis_url: str, start_sink: Callable[..., Sink], tmp_path: Path
+) -> None:
+    supervisor = portable_pool(redis_url, start_sink(), tmp_path / "workers.log")
+    try:
+        wait_until(lambda: registered_workers(redis_url) == {"worker-1"}, timeout=30)
+        supervisor.signal(signal.SIGINT)  # through signal.signal and call_soon_threadsafe, as on Windows
+        assert supervisor.wait(timeout=60) == 0
+        assert registered_workers(redis_url) == set()  # the worker signed off: a drain, not a kill
+        assert not client(redis_url).sismember("{message_queue}:pools", f"{os.uname().nodename}:{supervisor.pid}")
     finally:
         supervisor.kill()
 
