@@ -212,7 +212,8 @@ def workers_scale(
     timeout: Annotated[float, typer.Option(min=0.0, help="Seconds to wait for the pool to get there.")] = 60.0,
     redis_url: AdminRedisUrl = None,
 ) -> None:
-    """Scale a running `ferry workers start` through Redis: every platform, every host (SIGTTIN/SIGTTOU: POSIX only)."""
+    """Scale a running pool (`ferry workers start`, `ferry up`) through Redis: every platform, every host
+    (SIGTTIN/SIGTTOU: POSIX only)."""
     from ferry.processes.control import NoSuchPool, Request, ask_pool, choose_pool, running_pools
     from ferry.processes.redis_url import NoRedis, running_redis_url
     from ferry.queue.connection import connect
