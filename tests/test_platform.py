@@ -113,8 +113,17 @@ def test_ferry_up_without_redis_url_says_in_one_line_that_no_embedded_server_exi
     assert not (tmp_path / "home" / "valkey").exists()  # nothing was started or written
 
 
-@pytest.mark.parametrize("command", [["queue", "watch", "--once", "--json"], ["dead", "list", "--json"]])
-def test_admin_commands_work_with_an_external_redis_without_posix_only_modules(
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["queue", "watch", "--once", "--json"],
+        ["dead", "list", "--json"],
+        ["verify", "--check-queue", "--sample-duration", "0.5", "--json"],
+        ["deploy", "grafana"],
+    ],
+    ids=["queue watch", "dead list", "verify", "deploy"],
+)
+def test_commands_work_with_an_external_redis_without_posix_only_modules(
     redis_url: str, tmp_path: Path, command: list[str]
 ) -> None:
     enqueue(redis_url, [b'{"n": 1}', b'{"n": 2}'])
@@ -123,3 +132,5 @@ def test_admin_commands_work_with_an_external_redis_without_posix_only_modules(
     answer = json.loads(done.stdout)
     if command[0] == "queue":
         assert answer["queue"]["size"] == 2, answer
+    if command[0] == "verify":
+        assert answer["ok"] is True and answer["queue"] is not None and answer["samples"] >= 2, answer
