@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.support.inspect import enqueue
+from tests.support.processes import Sink, wait_until
 
 REFUSING = r'''
 import builtins, importlib.abc, sys
@@ -134,3 +137,25 @@ def test_commands_work_with_an_external_redis_without_posix_only_modules(
         assert answer["queue"]["size"] == 2, answer
     if command[0] == "verify":
         assert answer["ok"] is True and answer["queue"] is not None and answer["samples"] >= 2, answer
+
+
+def test_a_worker_delivers_and_drains_without_uvloop_posix_modules_or_the_loops_signal_handlers(
+    redis_url: str, start_sink: Callable[..., Sink], tmp_path: Path
+) -> None:
+    """As on Windows: asyncio's own loop, stop handlers through signal.signal."""
+    sink = start_sink()
+    assert sink.certs is not None
+    env = {**os.environ, "REDIS_URL": redis_url, "MAIN_SERVER_URL": sink.url, "MAIN_SERVER_CA_FILE": str(sink.certs.ca),
+           "WORKER_METRICS_PORT": "0", "FERRY_HOME": str(tmp_path), "FERRY_PORTABLE_PROCESS_CONTROL": "true"}
+    with open(tmp_path / "worker.log", "wb") as log:
+        worker = subprocess.Popen([sys.executable, "-c", RUN_COMMAND, "worker"], env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent)
+    try:
+        enqueue(redis_url, [b'{"n": %d}' % n for n in range(3)])
+        wait_until(lambda: sink.stats()["unique"] == 3, timeout=30)
+        worker.send_signal(signal.SIGINT)
+        assert worker.wait(timeout=30) == 0
+        assert '"event": "worker stopped"' in (tmp_path / "worker.log").read_text()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
