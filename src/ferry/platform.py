@@ -86,11 +86,20 @@ def on_stop(callback: Callable[[], None]) -> None:
             pass
 
     def handler(signum: int, frame: object) -> None:
-        loop.call_soon_threadsafe(callback)
+        _hand_to(loop, callback)
 
     for signum in _stop_signals():
         signal.signal(signum, handler)
     _on_console_close(loop, callback)
+
+
+def _hand_to(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """Run `callback` in `loop`, from a signal handler or another thread; a request that
+    comes after the loop has closed (the process is on its way out) is dropped."""
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:  # "Event loop is closed"
+        pass
 
 
 def _stop_signals() -> tuple[signal.Signals, ...]:
@@ -115,7 +124,7 @@ def _on_console_close(loop: asyncio.AbstractEventLoop, callback: Callable[[], No
     def handle(event: int) -> bool:
         if event not in close_events:
             return False  # Ctrl-C and Ctrl-Break: Python's own handler turns them into signals
-        loop.call_soon_threadsafe(callback)
+        _hand_to(loop, callback)
         time.sleep(CONSOLE_CLOSE_GRACE_SECONDS)  # returning would end the process at once
         return True
 
