@@ -12,7 +12,7 @@
 - The secret-settings pipe: an inherited descriptor on POSIX, an inherited
   handle on Windows.
 - A file lock (fcntl, msvcrt), whether unix sockets exist, uvicorn's loop,
-  the descriptor limit.
+  the descriptor limit, glibc's mmap threshold.
 
 FERRY_PORTABLE_PROCESS_CONTROL=true makes Linux take the paths Windows and
 macOS take (signal.signal handlers, the parent watch, no scaling signals), so
@@ -336,6 +336,22 @@ def exclusive_lock(path: Path) -> Iterator[None]:
 
             fcntl.flock(lock_file, fcntl.LOCK_EX)
         yield
+
+
+# glibc's mallopt parameter for the size from which it maps an allocation of its own.
+M_MMAP_THRESHOLD = -3
+
+
+def fix_mmap_threshold(size_bytes: int) -> None:
+    """glibc: map every allocation of `size_bytes` or more on its own, for good (mallopt);
+    elsewhere (musl, macOS, Windows) nothing."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows' ctypes loads no library by None
+        return
+    mallopt(M_MMAP_THRESHOLD, size_bytes)
 
 
 def raise_descriptor_limit(needed: int) -> int | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import ipaddress
 import os
 import shutil
@@ -58,8 +57,7 @@ class ProxyApp:
         return create_app(self.settings, self.redis_url)
 
 
-# glibc's mallopt parameter, and the size from which it maps a buffer of its own.
-M_MMAP_THRESHOLD = -3
+# The size from which glibc maps a buffer of its own.
 MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
@@ -73,11 +71,7 @@ def keep_large_buffers_returnable() -> None:
     threshold keeps them returnable; no allocation of a small message's request is
     that large. Elsewhere than glibc, nothing is done.
     """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, TypeError):  # TypeError: Windows' ctypes loads no library by None
-        return
-    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    platform.fix_mmap_threshold(MMAP_THRESHOLD_BYTES)
 
 
 def is_loopback(host: str) -> bool:
