@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -226,7 +227,7 @@ def test_autoscaler_adds_workers_under_a_burst_and_removes_them_when_drained(
     recorded = decisions(redis_url)  # newest first, as `ferry verify` shows them
     assert [(d["direction"], d["from"], d["to"]) for d in recorded] == [("down", 2, 1), ("down", 3, 2), ("up", 2, 3), ("up", 1, 2)]
     assert recorded[0]["rule"] == "idle" and "queue empty" in recorded[0]["reason"]
-    assert recorded[-1]["pool"].endswith(f":{supervisor.pid}")
+    assert recorded[-1]["pool"] == supervisor.pid and recorded[-1]["host"] == socket.gethostname()
 
 
 def decisions(redis_url: str) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import time
@@ -156,7 +157,7 @@ async def record_decision(redis: Redis, keys: Keys, decision: Decision, workers_
     entry = {
         "at": time.time(),
         "host": socket.gethostname(),
-        "pool": pool_id(),
+        "pool": os.getpid(),  # the supervisor; with `host`, what `ferry workers scale --pool host:pid` takes
         "direction": decision.direction,
         "from": workers_from,
         "to": decision.workers,
