@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Literal
+from typing import Any, Literal
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -227,27 +227,66 @@ class Queue:
     ) -> list[Message]:
         """Take up to `limit` messages into this worker's in-flight set.
 
-        With `block_seconds`, wait that long on an empty queue for the first. The
-        wait moves nothing (BLMOVE from the queue's front back to its front): an id
-        moved into the in-flight set outside the fenced claim script could be
-        stranded there by a worker that was fenced off meanwhile and then died.
+        With `block_seconds`, wait that long on an empty queue for the first, in the
+        same round trip: BLMOVE from the queue's front back to its front, and the claim
+        script behind it in one pipeline (Redis reads a blocked client's next command
+        only once the block ends). On a queue that is not empty, the BLMOVE answers at
+        once. The wait moves nothing: an id moved into the in-flight set outside the
+        fenced claim script could be stranded there by a worker that was fenced off
+        meanwhile and then died.
         Raises `Fenced` when `holder` does not hold the worker's lease.
         """
-        claimed = await self._claim_now(worker_id, limit, holder)
-        if claimed or block_seconds <= 0:
-            return claimed
-        arrived = await self.redis.blmove(
-            self.keys.queue, self.keys.queue, block_seconds, "RIGHT", "RIGHT"  # type: ignore[arg-type]  # seconds may be fractional
-        )
-        if arrived is None:
-            return []
-        return await self._claim_now(worker_id, limit, holder)
+        if block_seconds <= 0:
+            return await self._claim_now(worker_id, limit, holder)
+        _, claimed = await self.ack_and_claim(worker_id, (), 0, limit, holder=holder, block_seconds=block_seconds)
+        return claimed
+
+    async def ack_and_claim(
+        self,
+        worker_id: str,
+        acked: Sequence[str],
+        status_ttl_seconds: int,
+        limit: int,
+        *,
+        holder: str,
+        block_seconds: float,
+    ) -> tuple[bool, list[Message]]:
+        """`ack` these ids, then `claim` with `block_seconds` (more than 0: BLMOVE's 0 waits
+        for ever), in one round trip.
+
+        Redis runs the ack at once, before the wait; its reply comes with the claim's.
+        Returns whether the ack ran (False: its reply was an error, and the caller
+        should ack again on its own, which says why) and the claimed messages.
+        """
+        claim_keys, claim_args = self._claim_arguments(worker_id, limit, holder)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if acked:
+                ack_keys, ack_args = self._ack_arguments(worker_id, acked, status_ttl_seconds, holder)
+                pipe.evalsha(self._ack.sha, len(ack_keys), *ack_keys, *ack_args)
+            pipe.blmove(self.keys.queue, self.keys.queue, block_seconds, "RIGHT", "RIGHT")  # type: ignore[arg-type]  # seconds may be fractional
+            pipe.evalsha(self._claim.sha, len(claim_keys), *claim_keys, *claim_args)
+            replies = await pipe.execute(raise_on_error=False)
+        *ack_reply, woken, reply = replies
+        acks_ran = not any(isinstance(each, Exception) for each in ack_reply)
+        if isinstance(woken, Exception):
+            raise woken
+        if isinstance(reply, RedisUnavailable):  # NOSCRIPT (a flushed cache, a new master) among them
+            return acks_ran, await self._claim_now(worker_id, limit, holder)  # which loads the script
+        if isinstance(reply, Exception):
+            raise reply
+        return acks_ran, self._claimed(worker_id, reply)
+
+    def _claim_arguments(self, worker_id: str, limit: int, holder: str) -> tuple[list[str], list[str | int]]:
+        keys = [self.keys.queue, self.keys.in_flight(worker_id), self.keys.dead, self.keys.heartbeat(worker_id)]
+        return keys, [self.keys.message_prefix, now_ms(), limit, worker_id, holder]
 
     async def _claim_now(self, worker_id: str, limit: int, holder: str) -> list[Message]:
-        reply = await self._claim(
-            keys=[self.keys.queue, self.keys.in_flight(worker_id), self.keys.dead, self.keys.heartbeat(worker_id)],
-            args=[self.keys.message_prefix, now_ms(), limit, worker_id, holder],
-        )
+        keys, args = self._claim_arguments(worker_id, limit, holder)
+        return self._claimed(worker_id, await self._claim(keys=keys, args=args))
+
+    @staticmethod
+    def _claimed(worker_id: str, reply: Any) -> list[Message]:
+        """The messages of a claim script's reply; `Fenced` for its refusal."""
         if reply == b"fenced":
             raise Fenced(worker_id)
         return [
@@ -269,18 +308,21 @@ class Queue:
         Out of this worker's in-flight set, or, for one the reaper took back
         meanwhile, off wherever it waits (see ack.lua): the main server has it.
         """
-        recorded = await self._ack(
-            keys=[
-                self.keys.in_flight(worker_id),
-                self.keys.heartbeat(worker_id),
-                self.keys.queue,
-                self.keys.retry,
-                self.keys.dead,
-                self.keys.stats,
-            ],
-            args=[self.keys.message_prefix, now_ms(), status_ttl_seconds, holder, *message_ids],
-        )
-        return int(recorded)
+        keys, args = self._ack_arguments(worker_id, message_ids, status_ttl_seconds, holder)
+        return int(await self._ack(keys=keys, args=args))
+
+    def _ack_arguments(
+        self, worker_id: str, message_ids: Sequence[str], status_ttl_seconds: int, holder: str
+    ) -> tuple[list[str], list[str | int]]:
+        keys = [
+            self.keys.in_flight(worker_id),
+            self.keys.heartbeat(worker_id),
+            self.keys.queue,
+            self.keys.retry,
+            self.keys.dead,
+            self.keys.stats,
+        ]
+        return keys, [self.keys.message_prefix, now_ms(), status_ttl_seconds, holder, *message_ids]
 
     async def retry_later(
         self, worker_id: str, message_id: str, due_ms: int, error: str, *, holder: str
