@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import Result
+from typer.testing import CliRunner
 
+from ferry.cli import app
 from tests.conftest import TEST_WORKER_ENV
 from tests.support.certs import CertFiles
 from tests.support.processes import FerryProcess, Proxy, Sink, bare_env, ferry_command
@@ -118,17 +121,21 @@ def test_wait_on_a_refused_message_exits_1_with_its_last_error(stack: Stack) -> 
 
 
 def test_nothing_sent_is_one_line_with_the_proxys_code_and_exit_2(stack: Stack, tmp_path: Path) -> None:
-    proxy = stack.proxy
+    # In this process (the console script's start-up is tested above): the same command, exit code and stderr.
+    def run(*args: str, home: Path = stack.home) -> Result:
+        env = {"FERRY_HOME": str(home), "PROXY_PORT": str(stack.proxy.port)}
+        return CliRunner().invoke(app, ["send", *args], env=env)
+
     refusals = {
-        "ferry: 401 unauthorized: ": send(stack, "{}", "--api-key", "not-a-key"),
-        "ferry: 422 invalid_request: Idempotency-Key": send(stack, "{}", "--idempotency-key", "bad\tkey"),
-        "ferry: cannot reach the proxy at https://127.0.0.1:1: Connection refused": send(stack, "{}", "--url", "https://127.0.0.1:1"),
-        "ferry: cannot reach the proxy at ": send(stack, "{}", "--ca-file", str(proxy.certs.other_ca)),  # type: ignore[union-attr]
-        "ferry: give the body as an argument": send(stack),
-        "ferry: cannot read ": send(stack, "--file", str(tmp_path / "missing.json")),
-        "ferry: no API key: ": send(stack, "{}", FERRY_HOME=str(tmp_path)),
+        "ferry: 401 unauthorized: ": run("{}", "--api-key", "not-a-key"),
+        "ferry: 422 invalid_request: Idempotency-Key": run("{}", "--idempotency-key", "bad\tkey"),
+        "ferry: cannot reach the proxy at https://127.0.0.1:1: Connection refused": run("{}", "--url", "https://127.0.0.1:1"),
+        "ferry: cannot reach the proxy at ": run("{}", "--ca-file", str(stack.proxy.certs.other_ca)),  # type: ignore[union-attr]
+        "ferry: give the body as an argument": run(),
+        "ferry: cannot read ": run("--file", str(tmp_path / "missing.json")),
+        "ferry: no API key: ": run("{}", home=tmp_path),
     }
     for start, result in refusals.items():
-        assert (result.returncode, result.stdout) == (2, ""), (start, result)
+        assert (result.exit_code, result.stdout) == (2, ""), (start, result.output)
         assert result.stderr.startswith(start) and len(result.stderr.splitlines()) == 1, (start, result.stderr)
     assert "certificate is not trusted" in refusals["ferry: cannot reach the proxy at "].stderr

@@ -3,7 +3,7 @@
 One module per group of commands; importing them registers them on `app`.
 """
 
-from ferry.cli import dead, deploy, observe, run, send, verify
+from ferry.cli import dashboard, dead, deploy, observe, run, send, verify
 from ferry.cli.common import app
 
-__all__ = ["app", "dead", "deploy", "observe", "run", "send", "verify"]
+__all__ = ["app", "dashboard", "dead", "deploy", "observe", "run", "send", "verify"]

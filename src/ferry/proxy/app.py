@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ferry import __version__
 from ferry.logs import get_logger
 from ferry.metrics import ProxyMetrics
+from ferry.observe.dashboard import dashboard_routes
 from ferry.proxy.admin import add_admin_routes
 from ferry.proxy.auth import ApiKeys
 from ferry.proxy.errors import (
@@ -220,6 +221,9 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
         return Response(metrics.render(snapshot), media_type="text/plain; version=0.0.4")
 
     add_admin_routes(app, settings, queue, api_keys, guarded)
+    # The page asks for an admin key and reads /api/v1/stats with it; /metrics (its p95)
+    # only when it needs no key, since the page holds an admin key, not an API key.
+    app.router.routes.extend(dashboard_routes(None if settings.health_metrics_need_key else "/metrics"))
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(RedisFailure, _redis_failure)  # type: ignore[arg-type]
