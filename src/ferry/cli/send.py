@@ -89,9 +89,10 @@ def _report(found: dict[str, Any], timeout: float) -> int:
     if found.get("status") == "delivered":
         typer.echo(f"delivered after {tries}")
         return 0
-    error = found.get("last_error") or "no error recorded"
+    error = found.get("last_error")
     if found.get("status") == "dead":
-        typer.echo(f"ferry: dead after {tries}: {error}", err=True)
+        typer.echo(f"ferry: dead after {tries}: {error or 'no error recorded'}", err=True)
     else:
-        typer.echo(f"ferry: still {found.get('status')} after {timeout:g} s ({tries}; last error: {error})", err=True)
+        so_far = f"{tries}; last error: {error}" if error else tries
+        typer.echo(f"ferry: still {found.get('status')} after {timeout:g} s ({so_far})", err=True)
     return EXIT_DEAD
