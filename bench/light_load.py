@@ -8,13 +8,15 @@ after the previous delivery, and enqueued straight into Redis as the proxy would
 (the proxy is not under test here). Reported per phase: the worker's CPU per
 delivered message, and at steady rates the delay from each scheduled send to its
 arrival at the sink (p50, p99), and the Redis commands the worker sent per message
-(EVALSHA and BLMOVE, from INFO commandstats: a pipeline's commands count one each).
+(EVALSHA and BLMOVE, from INFO commandstats: a pipeline's commands count one each),
+and how busy the whole machine was meanwhile (/proc/stat, all cores: this bench, its
+Redis and the worker included), to tell a run that other work disturbed.
 
 CPU is the worker process's own user+system time from /proc/<pid>/stat, not wall
 time: on a machine shared with other work, CPU per message moves far less with
 foreign load than a rate or a latency does (latency figures are the noisier ones).
 
-    python bench/light_load.py [--backlog 20000] [--seconds 10] [--idle 30] [--runs 1] [--profile PREFIX]
+    python bench/light_load.py [--backlog 20000] [--seconds 10] [--idle 30] [--runs 1] [--floor] [--profile PREFIX]
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -82,6 +87,13 @@ class Sink(asyncio.Protocol):
             self.transport.write(OK)
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, all) clock ticks of every core since boot, from /proc/stat."""
+    fields = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
@@ -109,7 +121,7 @@ async def steady(queue: Queue, rate: int, seconds: float, worker: subprocess.Pop
     await asyncio.sleep(0.5)
     Sink.arrivals.clear()
     first = Sink.arrived
-    cpu, commands = cpu_seconds(worker.pid), await command_calls(queue)
+    cpu, commands, ticks = cpu_seconds(worker.pid), await command_calls(queue), machine_ticks()
     start = time.monotonic() + 0.01
     for i in range(count):
         due = start + i / rate
@@ -119,6 +131,7 @@ async def steady(queue: Queue, rate: int, seconds: float, worker: subprocess.Pop
         await queue.enqueue([NewMessage(new_message_id(), body(due), "application/json")])
     await wait_arrived(first + count, worker)
     cpu = cpu_seconds(worker.pid) - cpu
+    busy, total = (now - then for now, then in zip(machine_ticks(), ticks))
     after = await command_calls(queue)
     # The worker's own commands: its scripts (less the bench's enqueue, one a message) and waits.
     calls = after.get("evalsha", 0) - commands.get("evalsha", 0) - count
@@ -127,6 +140,7 @@ async def steady(queue: Queue, rate: int, seconds: float, worker: subprocess.Pop
     return {
         "cpu_us": cpu / count * 1e6,
         "redis_calls": calls / count,
+        "machine_busy_pct": busy / total * 100,
         "p50_ms": delays[len(delays) // 2] * 1000,
         "p99_ms": delays[int(len(delays) * 0.99)] * 1000,
     }
@@ -194,12 +208,64 @@ def profile(pid: int, path: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+async def floor(rates: list[int], seconds: float) -> dict[str, float]:
+    """What any worker pays at these rates: one lone POST (aiohttp, the worker's client)
+    and one lone script call (redis-py) per message, on a clock, CPU of this process."""
+    import aiohttp
+
+    port = free_port()
+    server = await asyncio.get_running_loop().create_server(Sink, "127.0.0.1", port)
+    with tempfile.TemporaryDirectory(prefix="ferry-floor-") as workdir:
+        redis = RedisProcess("valkey", Path(workdir), appendfsync="everysec")
+        redis.start()
+        client = connect(redis.url)
+        script = client.register_script("return redis.call('GET', KEYS[1])")
+        payload = body(0.0)
+        result: dict[str, float] = {}
+        try:
+            async with aiohttp.ClientSession() as session:
+
+                async def post() -> None:
+                    headers = {"Content-Type": "application/json"}
+                    async with session.post(f"http://127.0.0.1:{port}/", data=payload, headers=headers) as answer:
+                        await answer.read()
+
+                async def call() -> None:
+                    await script(keys=["k"], args=[])
+
+                for rate in rates:
+                    result[f"post_us@{rate}"] = await on_a_clock(post, rate, seconds)
+                    result[f"script_us@{rate}"] = await on_a_clock(call, rate, seconds)
+        finally:
+            await client.aclose()
+            redis.kill()
+            server.close()
+    return result
+
+
+async def on_a_clock(operation: Callable[[], Awaitable[None]], rate: int, seconds: float) -> float:
+    """CPU µs of this process per `operation`, started `rate` times a second."""
+    count = int(rate * seconds)
+    for _ in range(20):
+        await operation()
+    cpu, start = time.process_time(), time.monotonic()
+    for i in range(count):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await operation()
+    return (time.process_time() - cpu) / count * 1e6
+
+
 def report(runs: list[dict[str, float]], args: argparse.Namespace) -> None:
     def median(name: str) -> float:
         return statistics.median(run[name] for run in runs)
 
     print(f"worker concurrency {args.concurrency}, {BODY_SIZE}-byte bodies, median of {len(runs)} run(s)")
-    print(f"{'load':>10} {'CPU µs/msg':>11} {'x backlog':>10} {'p50 ms':>8} {'p99 ms':>8} {'commands/msg':>13}")
+    print(
+        f"{'load':>10} {'CPU µs/msg':>11} {'x backlog':>10} {'p50 ms':>8} {'p99 ms':>8} {'commands/msg':>13}"
+        f" {'machine busy':>13}"
+    )
     backlog = median("backlog_cpu_us")
     print(f"{'backlog':>10} {backlog:>11.0f} {1.0:>10.2f} {'':>8} {'':>8} {'':>13}")
     for rate in args.rates:
@@ -207,8 +273,14 @@ def report(runs: list[dict[str, float]], args: argparse.Namespace) -> None:
         print(
             f"{f'{rate}/s':>10} {cpu:>11.0f} {cpu / backlog:>10.2f} "
             f"{median(f'p50_ms@{rate}'):>8.2f} {median(f'p99_ms@{rate}'):>8.2f} {median(f'redis_calls@{rate}'):>13.2f}"
+            f" {median(f'machine_busy_pct@{rate}'):>12.0f}%"
         )
     print(f"idle (no traffic, {args.idle:.0f} s): {median('idle_pct'):.2f}% of a core")
+    if args.floor:
+        floors = uvloop.run(floor(args.rates, min(args.seconds, 5.0)))
+        print("floor, in this process at the same rates: a lone POST, a lone script call (CPU µs each)")
+        for rate in args.rates:
+            print(f"{f'{rate}/s':>10} {floors[f'post_us@{rate}']:>8.0f} {floors[f'script_us@{rate}']:>8.0f}")
     if args.json:
         print(json.dumps(runs))
 
@@ -222,10 +294,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="also print every run's figures")
+    parser.add_argument("--floor", action="store_true", help="also measure a lone POST and script call per rate")
     parser.add_argument("--profile", metavar="PREFIX", help="py-spy each steady rate into PREFIX-<rate>.txt")
     args = parser.parse_args()
-    import uvloop
-
     runs = []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="ferry-light-") as workdir:
