@@ -15,6 +15,7 @@ from importlib.resources import files
 from typing import Any, Literal
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from ferry.queue.errors import RedisUnavailable
@@ -161,6 +162,8 @@ class Queue:
         self._purge = _script(redis, "purge")
         self._upgrade = _script(redis, "upgrade")
         self._heartbeat = _script(redis, "heartbeat")
+        # redis-py's cluster pipeline refuses scripts: there, a wait and a claim are two calls.
+        self.pipelines_scripts = not isinstance(redis, RedisCluster)
 
     async def enqueue(
         self,
@@ -238,8 +241,22 @@ class Queue:
         """
         if block_seconds <= 0:
             return await self._claim_now(worker_id, limit, holder)
+        if not self.pipelines_scripts:
+            return await self._claim_or_wait(worker_id, limit, holder, block_seconds)
         _, claimed = await self.ack_and_claim(worker_id, (), 0, limit, holder=holder, block_seconds=block_seconds)
         return claimed
+
+    async def _claim_or_wait(self, worker_id: str, limit: int, holder: str, block_seconds: float) -> list[Message]:
+        """Without pipelined scripts: claim; on an empty queue, wait for one, then claim again."""
+        claimed = await self._claim_now(worker_id, limit, holder)
+        if claimed:
+            return claimed
+        arrived = await self.redis.blmove(
+            self.keys.queue, self.keys.queue, block_seconds, "RIGHT", "RIGHT"  # type: ignore[arg-type]  # seconds may be fractional
+        )
+        if arrived is None:
+            return []
+        return await self._claim_now(worker_id, limit, holder)
 
     async def ack_and_claim(
         self,
@@ -257,7 +274,12 @@ class Queue:
         Redis runs the ack at once, before the wait; its reply comes with the claim's.
         Returns whether the ack ran (False: its reply was an error, and the caller
         should ack again on its own, which says why) and the claimed messages.
+        Without pipelined scripts (`pipelines_scripts`), the ack is a call of its own.
         """
+        if not self.pipelines_scripts:
+            if acked:
+                await self.ack(worker_id, acked, status_ttl_seconds, holder=holder)
+            return True, await self._claim_or_wait(worker_id, limit, holder, block_seconds)
         claim_keys, claim_args = self._claim_arguments(worker_id, limit, holder)
         async with self.redis.pipeline(transaction=False) as pipe:
             if acked:

@@ -370,7 +370,11 @@ class Worker:
     async def _wait_for_acks(self) -> None:
         """Before waiting on an empty queue: if the deliveries under way are fast, wait
         (briefly) until each has reached its ack, which then rides with the claim."""
-        if not self.deliveries or self._delivery_seconds >= CARRY_ACKS_SECONDS:
+        if (
+            not self.deliveries
+            or self._delivery_seconds >= CARRY_ACKS_SECONDS
+            or not self.queue.pipelines_scripts  # a cluster: the acks would be calls of their own anyway
+        ):
             return
         self._carried = []
         self._carry_ready.clear()
