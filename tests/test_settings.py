@@ -66,11 +66,11 @@ def test_unrelated_environment_names_are_not_read(monkeypatch: pytest.MonkeyPatc
     ("variable", "value", "message"),
     [
         ("WORKER_CONCURRENCY", "0", "invalid setting WORKER_CONCURRENCY: Input should be greater than or equal to 1 (got '0')"),
-        ("REDIS_URL", "localhost:6379", "invalid setting REDIS_URL: must start with redis://, rediss:// or unix:// (got 'localhost:6379')"),
+        ("REDIS_URL", "localhost:6379", "invalid setting REDIS_URL: must start with redis://, rediss://, unix://, redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster:// (got 'localhost:6379')"),
         ("MAIN_SERVER_URL", "ftp://x", "invalid setting MAIN_SERVER_URL: must start with http:// or https:// (got 'ftp://x')"),
         ("MAIN_SERVER_CA_FILE", "/no/such/ca.pem", "invalid setting MAIN_SERVER_CA_FILE: no such file: /no/such/ca.pem (got '/no/such/ca.pem')"),
         ("FERRY_SIGNING_SECRET", "hunter2", "invalid setting FERRY_SIGNING_SECRET: must be whsec_ followed by base64"),
-        ("REDIS_URL", "http://:pw@cache:6379/0", "invalid setting REDIS_URL: must start with redis://, rediss:// or unix:// (got 'http://:***@cache:6379/0')"),
+        ("REDIS_URL", "http://:pw@cache:6379/0", "invalid setting REDIS_URL: must start with redis://, rediss://, unix://, redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster:// (got 'http://:***@cache:6379/0')"),
         ("FERRY_DURABILITY", "maybe", "invalid setting FERRY_DURABILITY: Input should be 'normal' or 'strict' (got 'maybe')"),
     ],
 )
