@@ -7,25 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from ferry.queue import Fenced, Queue
-from ferry.queue.connection import connect
 from ferry.queue.message import Status
-from tests.queue.test_queue import messages, places
+from tests.queue.test_queue import messages, places, queue  # noqa: F401  (queue: the fixture, w1 holding its lease)
 from tests.support.inspect import enqueue, in_flight, status
 from tests.support.processes import FerryProcess, Sink, wait_until
-
-
-@pytest.fixture
-async def queue(redis_url: str) -> AsyncIterator[Queue]:
-    client = connect(redis_url)
-    queue = Queue(client)
-    await queue.heartbeat("w1", "test", 30, take=True)
-    yield queue
-    await client.aclose()
 
 
 async def poll(condition: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
