@@ -120,6 +120,29 @@ def test_wait_on_a_refused_message_exits_1_with_its_last_error(stack: Stack) -> 
     assert len(sent.stderr.splitlines()) == 1
 
 
+def test_a_proxy_lost_while_waiting_says_the_message_was_stored_and_exits_1(
+    stack: Stack, default_server: RedisProcess, tmp_path: Path
+) -> None:
+    # Exit 2 says "nothing stored": a message already answered 202 must never be reported so.
+    second = Proxy(tmp_path, default_server.url, stack.proxy.certs, [], {})
+    second.start()
+    stack.sink.faults(fail_rate=1, status=503)  # it stays retrying, so the wait goes on
+    try:
+        command = [ferry_command(), "send", "kept", "--wait", "--timeout", "30", "--url", second.base]
+        command += ["--api-key", second.api_key, "--ca-file", str(stack.proxy.certs.ca)]  # type: ignore[union-attr]
+        waiting = subprocess.Popen(command, env=bare_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert waiting.stdout is not None
+        message_id = waiting.stdout.readline().strip()
+        second.kill()
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        stack.sink.faults(fail_rate=0)
+    assert waiting.returncode == 1, err
+    assert out == "" and err.startswith("ferry: stored, but its status cannot be followed: ")
+    status, _, found = stack.proxy.request("GET", f"/api/v1/messages/{message_id}")
+    assert status == 200 and found["status"] in {"queued", "delivering", "retrying", "delivered"}
+
+
 def test_nothing_sent_is_one_line_with_the_proxys_code_and_exit_2(stack: Stack, tmp_path: Path) -> None:
     # In this process (the console script's start-up is tested above): the same command, exit code and stderr.
     def run(*args: str, home: Path = stack.home) -> Result:

@@ -53,8 +53,9 @@ def send(
         Path | None, typer.Option(help="CA that signed the proxy's certificate [system store + FERRY_HOME/tls/ca.pem].")
     ] = None,
 ) -> None:
-    """Send one message; print its id. Exit 0 when stored (with --wait: delivered), 1 when dead
-    or not delivered within --timeout, 2 when nothing was stored (usage, connection, refusal)."""
+    """Send one message; print its id. Exit 0 when stored (with --wait: delivered), 1 when dead,
+    not delivered within --timeout or no longer followed, 2 when nothing was stored (usage,
+    connection, refusal)."""
     import asyncio
 
     from ferry.client import ClientError, ProxyClient, judge_content_type, ssl_context, target
@@ -73,7 +74,11 @@ def send(
             typer.echo(accepted["id"])
             if not wait:
                 return 0
-            return _report(await client.wait(accepted["id"], timeout), timeout)
+            try:
+                return _report(await client.wait(accepted["id"], timeout), timeout)
+            except ClientError as error:  # stored all the same: not exit 2, which says "not stored"
+                typer.echo(f"ferry: stored, but its status cannot be followed: {error}", err=True)
+                return EXIT_DEAD
 
     try:
         code = asyncio.run(run())
