@@ -108,6 +108,7 @@ def test_a_running_worker_is_listed_with_figures_that_move_and_leaves_on_a_clean
     assert (shown["id"], shown["pid"], shown["metrics_url"], shown["processed"]) == ("listed", worker.pid, entry.metrics_url, 20)
     row = next(line for line in answer(table).splitlines() if "listed" in line).split()
     assert row[:3] == ["listed", socket.gethostname(), str(worker.pid)] and "20" in row
+    assert entry.metrics_url in row  # piped, the table is not cut to 80 columns
     reading = json.loads(answer(once))
     assert reading["queue"]["size"] == 0 and reading["queue"]["delivered_total"] == 20
     assert [shown["id"] for shown in reading["workers"]] == ["listed"]

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import signal
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from ferry.settings import Settings, SettingsError, flag_help, forget_secret_environment, load_settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+PIPED_WIDTH = 200  # a table's width when it goes to a file or a pipe
 
 app = typer.Typer(
     name="ferry",
@@ -24,6 +30,17 @@ app.add_typer(workers_app, name="workers")
 def fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"ferry: {message}", err=True)
     raise typer.Exit(code)
+
+
+def table_console() -> Console:
+    """A console for tables: the terminal's width, or, piped or redirected, wide enough that
+    no id or URL is cut (Rich would take 80 columns there); COLUMNS, when set, decides."""
+    from rich.console import Console
+
+    console = Console()
+    if console.is_terminal or "COLUMNS" in os.environ:
+        return console
+    return Console(width=PIPED_WIDTH)
 
 
 def exit_quietly_on_early_sigterm() -> None:

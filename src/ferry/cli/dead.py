@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ferry.cli.common import AdminRedisUrl, app, fail, settings_from
+from ferry.cli.common import AdminRedisUrl, app, fail, settings_from, table_console
 
 dead = typer.Typer(
     help="Dead letters: list them, replay them to the main server, or purge them.",
@@ -54,7 +54,6 @@ def dead_list(
     redis_url: AdminRedisUrl = None,
 ) -> None:
     """The dead letters, the most recently dead first: id, attempts, age, last error."""
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
@@ -88,7 +87,7 @@ def dead_list(
         # Text, not a string: an error that contains [brackets] is not Rich markup.
         last_error = Text(_one_line(letter.last_error), no_wrap=True, overflow="ellipsis")
         table.add_row(letter.id, str(letter.attempts), _age(letter.age_seconds()), last_error)
-    Console().print(table)
+    table_console().print(table)
 
 
 @dead.command("replay")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ferry.cli.common import AdminRedisUrl, app, fail, settings_from, workers_app
+from ferry.cli.common import AdminRedisUrl, app, fail, settings_from, table_console, workers_app
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -65,7 +65,6 @@ def workers_list(as_json: AsJson = False, redis_url: AdminRedisUrl = None) -> No
 
 def _print_workers(workers: list[WorkerRecord]) -> None:
     from rich import box
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
@@ -90,7 +89,7 @@ def _print_workers(workers: list[WorkerRecord]) -> None:
             f"{worker.processed:,}",
             duration(worker.heartbeat_age_seconds) + " ago",
         )
-    Console().print(table)
+    table_console().print(table)
 
 
 @queue_app.command("watch")

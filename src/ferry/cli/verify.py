@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ferry.adapters.typer import OwnUsageErrors
-from ferry.cli.common import AdminRedisUrl, app, fail
+from ferry.cli.common import AdminRedisUrl, app, fail, table_console
 
 if TYPE_CHECKING:
     from ferry.observe.verify import Report, VerifyOptions
@@ -106,7 +106,7 @@ def verify(
     else:
         from ferry.observe.report import print_report
 
-        print_report(report)
+        print_report(report, table_console())
     raise typer.Exit(report.exit_code)
 
 
