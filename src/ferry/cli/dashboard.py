@@ -23,6 +23,7 @@ def dashboard(
     and printed here."""
     import uvicorn
 
+    from ferry.logs import configure
     from ferry.observe.dashboard import PAGE, standalone_app
     from ferry.processes.redis_url import NoRedis, running_redis_url
     from ferry.proxy.auth import ApiKeys, key_hash
@@ -43,7 +44,8 @@ def dashboard(
         listening.bind(("127.0.0.1", port))
     except OSError as error:
         fail(f"cannot listen on 127.0.0.1:{port}: {error.strerror or error}")
-    server = uvicorn.Server(uvicorn.Config(standalone_app(url, admin_keys), log_level="warning"))
+    configure(settings.log_level)
+    server = uvicorn.Server(uvicorn.Config(standalone_app(url, admin_keys), log_level="warning", log_config=None))
     typer.echo(f"ferry dashboard on http://127.0.0.1:{port}{PAGE}")
     if made_key is not None:
         typer.echo(f"  admin key  {made_key} (FERRY_ADMIN_API_KEYS is unset: this key holds for this run only)")

@@ -177,6 +177,7 @@ def run_proxy(settings: Settings, insecure: bool = False) -> None:
             proxy_headers=bool(settings.trusted_proxies),
             forwarded_allow_ips=settings.trusted_proxies or None,
             log_level=settings.log_level.lower(),
+            log_config=None,  # uvicorn's own lines go through ferry's log set-up (ferry.logs)
             ssl_certfile=settings.proxy_certfile,
             ssl_keyfile=settings.proxy_keyfile,
             ssl_ca_certs=settings.proxy_client_ca_file,
