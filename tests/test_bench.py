@@ -1,0 +1,32 @@
+"""`python -m bench --quick` runs end to end on its smallest setting, with no bench extra.
+
+ferry, the bare aiohttp ceiling and the textbook consumer need nothing beyond the test venv:
+the harness starts Valkey, the sink and each worker, and writes the report a user reads.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_delivery_run_writes_the_report(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "delivery", "--systems", "core",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=90,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = json.loads((tmp_path / "benchmarks" / "results.json").read_text())["delivery"]["rows"]
+    by_system = {row["system"]: row for row in rows}
+    assert set(by_system) == {"ceiling (bare aiohttp)", "ferry", "textbook BLMOVE/POST/LREM"}
+    for row in rows:  # every message arrived once, timed by the sink
+        assert row["rate"] > 0 and row["duplicates"] == 0 and row["failed"] == 0, row
+    assert by_system["ceiling (bare aiohttp)"]["to_ceiling"] == 1.0
+    report = (tmp_path / "benchmarks.md").read_text()
+    assert "| ferry | 16 |" in report
+    assert "python -m bench --quick --only delivery --systems core" in report
