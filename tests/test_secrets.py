@@ -19,17 +19,15 @@ import socketserver
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from tests.support.certs import CertFiles
 from tests.support.processes import FerryProcess, Proxy, bare_env, ferry_command, wait_until
-from tests.support.servers import RedisProcess, free_port, free_port_range, server_binary
+from tests.support.servers import RedisProcess, free_port, free_port_range
 
 API_KEY = "apikey-SECRET-4f1c9a7e"
 ADMIN_KEY = "adminkey-SECRET-8b2d6e0f"
@@ -45,53 +43,10 @@ def assert_no_secret(where: str, text: str | bytes) -> None:
         assert secret not in shown, f"{where} holds the secret {secret!r}:\n{shown[:2000]}"
 
 
-class PasswordRedis(RedisProcess):
-    """Valkey with `requirepass`: REDIS_URL carries the password."""
-
-    @property
-    def url(self) -> str:
-        return f"redis://:{REDIS_PASSWORD}@127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        with open(self.data_dir / "server.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    server_binary(self.kind),
-                    "--port", str(self.port),
-                    "--bind", "127.0.0.1",
-                    "--dir", str(self.data_dir),
-                    "--appendonly", "yes",
-                    "--appendfsync", "everysec",
-                    "--save", "",
-                    "--maxmemory-policy", "noeviction",
-                    "--requirepass", REDIS_PASSWORD,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = 10.0) -> None:
-        client = self.client()
-        try:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                try:
-                    client.set("ferry-test:ready", "1")
-                    return
-                except redis.RedisError:
-                    time.sleep(0.02)
-        finally:
-            client.close()
-        raise RuntimeError("valkey with requirepass did not start")
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, password=REDIS_PASSWORD, socket_timeout=2)
-
-
 @pytest.fixture
-def locked_redis(tmp_path: Path) -> Iterator[PasswordRedis]:
-    server = PasswordRedis("valkey", tmp_path / "locked-redis")
+def locked_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """Valkey with `requirepass`: REDIS_URL carries the password."""
+    server = RedisProcess("valkey", tmp_path / "locked-redis", appendfsync="everysec", password=REDIS_PASSWORD)
     server.start()
     yield server
     server.kill()
@@ -206,7 +161,7 @@ def start_secret_proxy(tmp_path: Path, certs: CertFiles) -> Iterator[Callable[..
         assert_no_secret("the proxy's log", proxy.log())
 
 
-def test_the_proxys_processes_inherit_no_secret(locked_redis: PasswordRedis, start_secret_proxy: Callable[..., Proxy]) -> None:
+def test_the_proxys_processes_inherit_no_secret(locked_redis: RedisProcess, start_secret_proxy: Callable[..., Proxy]) -> None:
     proxy = start_secret_proxy(locked_redis.url, "--workers", "2")
     status, _, answer = proxy.post(b"{}")
     assert status == 202, answer  # the URL's password reached the uvicorn processes
@@ -225,7 +180,7 @@ def _checked(what: str, answer: tuple[int, dict[str, str], Any], port: int) -> d
 
 
 def test_503_bodies_say_what_happened_and_not_where_redis_is(
-    locked_redis: PasswordRedis, start_secret_proxy: Callable[..., Proxy]
+    locked_redis: RedisProcess, start_secret_proxy: Callable[..., Proxy]
 ) -> None:
     proxy = start_secret_proxy(locked_redis.url)
     status, _, sent = proxy.post(b"{}")
@@ -295,7 +250,7 @@ class MainServerHandler(socketserver.BaseRequestHandler):
 
 
 def test_delivery_errors_worker_logs_and_worker_environments_hold_no_secret(
-    tmp_path: Path, locked_redis: PasswordRedis, start_secret_proxy: Callable[..., Proxy]
+    tmp_path: Path, locked_redis: RedisProcess, start_secret_proxy: Callable[..., Proxy]
 ) -> None:
     main_port = free_port()
     main_url = f"http://127.0.0.1:{main_port}/hook?token={TOKEN}"
@@ -342,7 +297,7 @@ def test_delivery_errors_worker_logs_and_worker_environments_hold_no_secret(
     assert_no_secret("the workers' log", log)
 
 
-def test_ferry_ups_children_inherit_no_secret(tmp_path: Path, locked_redis: PasswordRedis) -> None:
+def test_ferry_ups_children_inherit_no_secret(tmp_path: Path, locked_redis: RedisProcess) -> None:
     home = tmp_path / "home"
     proxy_port, main_port, metrics_port = free_port(), free_port(), free_port_range(1)
     env = secret_env(locked_redis.url, f"http://127.0.0.1:{main_port}/hook?token={TOKEN}") | {

@@ -70,16 +70,19 @@ def server_binary(kind: str) -> str:
 class RedisProcess:
     """A Redis/Valkey server the test owns: it may kill it and start it again."""
 
-    def __init__(self, kind: str, data_dir: Path, appendfsync: str = "always") -> None:
+    def __init__(self, kind: str, data_dir: Path, appendfsync: str = "always", password: str | None = None) -> None:
         self.kind = kind
         self.data_dir = data_dir
         self.port = free_port()
         self.appendfsync = appendfsync
+        self.password = password  # `requirepass`: the URL and the client carry it
         self.process: subprocess.Popen[bytes] | None = None
         data_dir.mkdir(parents=True, exist_ok=True)
 
     @property
     def url(self) -> str:
+        if self.password is not None:
+            return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self) -> None:
@@ -95,6 +98,7 @@ class RedisProcess:
                     "--save", "",
                     "--maxmemory-policy", "noeviction",
                     "--enable-debug-command", "local",  # DEBUG SLEEP stalls it, as a slow disk would
+                    *(["--requirepass", self.password] if self.password is not None else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -105,7 +109,7 @@ class RedisProcess:
         deadline = time.monotonic() + timeout
         # No client-side retries: redis-py's default (3, with backoff up to a second)
         # would turn each refused probe into a wait of its own.
-        client = redis.Redis(port=self.port, socket_timeout=1, retry=Retry(NoBackoff(), 0))
+        client = redis.Redis(port=self.port, password=self.password, socket_timeout=1, retry=Retry(NoBackoff(), 0))
         try:
             while time.monotonic() < deadline:
                 assert self.process is not None
@@ -135,7 +139,7 @@ class RedisProcess:
             self.process = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
+        return redis.Redis(port=self.port, password=self.password)
 
 
 class SharedServers:
