@@ -18,7 +18,7 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
 from ferry.adapters.redis import FerryRedis, FerryRedisCluster, hiredis_packed
-from ferry.queue.errors import RedisBug
+from ferry.queue.errors import RedisBug, WritesRefused
 from ferry.queue.message import now_ms
 from ferry.queue.topology import Topology, parse_redis_url
 
@@ -195,6 +195,10 @@ async def check_strict_durability(redis: Redis) -> None:
     try:
         await redis.execute_command("WAITAOF", 1, 0, 100)  # type: ignore[no-untyped-call]
     except RedisBug as error:  # an unknown command, or no append-only file
+        if "replica" in str(error).lower():
+            # A replica (a demoted master the sentinels still named a moment ago) refuses
+            # WAITAOF: writes refused for now, as READONLY is, not a Redis without WAITAOF.
+            raise WritesRefused(str(error)) from None
         raise StrictDurabilityUnsupported(
             f"FERRY_DURABILITY=strict needs WAITAOF with appendonly yes (Redis 7.2+ or Valkey): {error}"
         ) from None
