@@ -53,14 +53,14 @@ def default_url(settings: Settings) -> str:
 
 
 def default_api_key(settings: Settings) -> str:
-    """FERRY_API_KEYS' first key (what `ferry up` uses too), else the one `ferry up` made."""
-    given = [key.strip() for key in settings.api_keys.get_secret_value().split(",") if key.strip()]
-    if given:
-        return given[0]
-    path = settings.home / "api-key"
-    if path.is_file():
-        return path.read_text().strip()
-    raise ClientError(f"no API key: give --api-key, set FERRY_API_KEYS, or run `ferry up` (it keeps one in {path})")
+    """The key `ferry up` uses; a client never makes one."""
+    from ferry.processes.stack import api_key_file, known_api_key
+
+    if (known := known_api_key(settings)) is not None:
+        return known
+    raise ClientError(
+        f"no API key: give --api-key, set FERRY_API_KEYS, or run `ferry up` (it keeps one in {api_key_file(settings)})"
+    )
 
 
 def target(settings: Settings, url: str | None, api_key: str | None, ca_file: Path | None) -> ProxyTarget:

@@ -59,16 +59,27 @@ class Stack:
     worker_metrics_ports: list[int]
 
 
-def api_key(settings: Settings) -> str:
-    """FERRY_API_KEYS' first key, or one made once and kept in FERRY_HOME/api-key."""
+def api_key_file(settings: Settings) -> Path:
+    return settings.home / "api-key"
+
+
+def known_api_key(settings: Settings) -> str | None:
+    """FERRY_API_KEYS' first key, else the one `ferry up` keeps in FERRY_HOME/api-key, if any."""
     given = [key.strip() for key in settings.api_keys.get_secret_value().split(",") if key.strip()]
     if given:
         return given[0]
-    path = settings.home / "api-key"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32) + "\n")
-        os.chmod(path, 0o600)
+    path = api_key_file(settings)
+    return path.read_text().strip() if path.is_file() else None
+
+
+def api_key(settings: Settings) -> str:
+    """The known key, or one made once and kept in FERRY_HOME/api-key."""
+    if (known := known_api_key(settings)) is not None:
+        return known
+    path = api_key_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(secrets.token_urlsafe(32) + "\n")
+    os.chmod(path, 0o600)
     return path.read_text().strip()
 
 
