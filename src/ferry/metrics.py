@@ -184,7 +184,15 @@ class QueueCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         snapshot = self.snapshot
-        yield GaugeMetricFamily("redis_queue_size", "Messages waiting: LLEN message_queue.", snapshot.size)
+        yield GaugeMetricFamily(
+            "redis_queue_size", "Messages waiting, in every partition (one partition: LLEN message_queue).", snapshot.size
+        )
+        by_partition = GaugeMetricFamily(
+            "redis_queue_partition_size", "Messages waiting in one partition (0: message_queue).", labels=["partition"]
+        )
+        for partition, size in enumerate(snapshot.partition_sizes):
+            by_partition.add_metric([str(partition)], size)
+        yield by_partition
         yield GaugeMetricFamily(
             "ferry_queue_oldest_age_seconds",
             "How long the next message in line has waited: the backlog in seconds.",

@@ -38,6 +38,8 @@ SECRET_FIELDS = frozenset({"api_keys", "admin_api_keys", "signing_secret"})
 # and passed to children as secrets are.
 URL_FIELDS = frozenset({"redis_url", "main_server_url"})
 HIDDEN = "***"
+# Partitions are asked in parallel by every status read and figure: a few, not hundreds.
+MOST_PARTITIONS = 64
 
 
 def env(name: str, description: str, default: Any = None, **constraints: Any) -> Any:
@@ -199,7 +201,11 @@ class Settings(BaseSettings):
         ge=0,
     )
     partitions: int = env(
-        "FERRY_PARTITIONS", "Queue partitions (key groups) on a Redis Cluster; only 1 is built yet.", 1, ge=1
+        "FERRY_PARTITIONS",
+        "Queue partitions: key groups of their own, one per Redis Cluster master (docs/scaling.md).",
+        1,
+        ge=1,
+        le=MOST_PARTITIONS,
     )
     signing_secret: SecretStr | None = env(
         "FERRY_SIGNING_SECRET", "Standard Webhooks secret (whsec_<base64>) that signs deliveries."
@@ -262,16 +268,6 @@ class Settings(BaseSettings):
 
             parse_redis_url(value)  # ValueError: the URL names no server, sentinels or cluster
         return value or None
-
-    @field_validator("partitions")
-    @classmethod
-    def _one_partition(cls, value: int) -> int:
-        if value > 1:
-            raise ValueError(
-                "more than one partition is not built yet: ferry keeps every key of the queue in one "
-                "Cluster slot (docs/scaling.md, 'Partitions'); leave it at 1"
-            )
-        return value
 
     @field_validator("main_server_url")
     @classmethod

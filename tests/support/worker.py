@@ -23,7 +23,7 @@ import structlog
 
 from ferry.logs import configure
 from ferry.metrics import WorkerMetrics
-from ferry.queue import Queue
+from ferry.queue import Partitions
 from ferry.queue.connection import connect
 from ferry.settings import Settings
 from ferry.worker.delivery import Deliverer
@@ -121,7 +121,7 @@ class InProcessWorker:
         redis = connect(self.settings.redis_url)
         try:
             async with Deliverer(self.settings) as deliverer:
-                self._worker = Worker(self.settings, Queue(redis), deliverer, self.metrics)
+                self._worker = Worker(self.settings, Partitions(redis, self.settings.partitions), deliverer, self.metrics)
                 self._loop = asyncio.get_running_loop()
                 self._ready.set()
                 await self._worker.run()

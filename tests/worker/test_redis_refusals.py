@@ -21,7 +21,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from ferry.metrics import WorkerMetrics
-from ferry.queue import Queue
+from ferry.queue import Partitions, Queue
 from ferry.queue.connection import connect
 from ferry.queue.errors import RedisBug, RedisUnavailable, WritesRefused
 from ferry.queue.keys import Keys
@@ -151,7 +151,7 @@ class WorkerThread:
         redis = connect(self.settings.redis_url)
         try:
             async with Deliverer(self.settings) as deliverer:
-                worker = Worker(self.settings, Queue(redis), deliverer, WorkerMetrics(self.settings.worker_id))
+                worker = Worker(self.settings, Partitions(redis, self.settings.partitions), deliverer, WorkerMetrics(self.settings.worker_id))
                 if self.prepare is not None:
                     self.prepare(worker)
                 self.worker, self.loop = worker, asyncio.get_running_loop()

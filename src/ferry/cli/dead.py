@@ -1,4 +1,4 @@
-"""Dead-letter administration: thin commands over Queue.dead_letters, replay and purge."""
+"""Dead-letter administration: thin commands over Partitions.dead_letters, replay and purge."""
 
 from __future__ import annotations
 
@@ -59,10 +59,10 @@ def dead_list(
 
     from ferry.processes.redis_url import NoRedis, run_on_queue
     from ferry.proxy.schemas import DeadLetterPage
-    from ferry.queue import Queue
+    from ferry.queue import Partitions
     from ferry.queue.message import DeadLetter
 
-    async def read(queue: Queue) -> tuple[list[DeadLetter], int]:
+    async def read(queue: Partitions) -> tuple[list[DeadLetter], int]:
         return await queue.dead_letters(limit, offset), await queue.dead_size()
 
     settings = settings_from(redis_url=redis_url)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ferry.observe import Reading, WorkerRecord
-    from ferry.queue import Queue
+    from ferry.queue import Partitions
 
 queue_app = typer.Typer(help="The queue: watch it grow or drain (the guide's LLEN loop).", no_args_is_help=True)
 app.add_typer(queue_app, name="queue")
@@ -114,7 +114,7 @@ def queue_watch(
         raise typer.Exit(0) from None
 
 
-async def _watch(queue: Queue, interval: float, once: bool, show: Callable[[Reading], None]) -> None:
+async def _watch(queue: Partitions, interval: float, once: bool, show: Callable[[Reading], None]) -> None:
     import asyncio
     import time
 

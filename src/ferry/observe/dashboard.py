@@ -26,7 +26,7 @@ from ferry.observe.snapshot import take_snapshot
 from ferry.proxy.admin import STATS
 from ferry.proxy.auth import ApiKeys
 from ferry.proxy.errors import ErrorCode, error_response, redis_failed
-from ferry.queue import Queue
+from ferry.queue import Partitions
 from ferry.queue.connection import connect
 from ferry.queue.errors import RedisFailure
 
@@ -81,7 +81,7 @@ def standalone_app(redis_url: str, admin_keys: ApiKeys) -> Starlette:
     """`ferry dashboard`: the page, and the proxy's /api/v1/stats read straight from Redis
     (the same snapshot, the same admin-key rule), for a machine that runs no proxy."""
     redis = connect(redis_url, retries=1)
-    queue = Queue(redis)
+    queue = Partitions(redis)  # a reader: it finds the partitions in their record
 
     async def stats(request: Request) -> Response:
         if admin_keys.identify(request.headers.get("authorization")) is None:

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
 from ferry import __version__
-from ferry.queue import Queue
+from ferry.queue import Partitions
 
 # The worker's metrics that its entry repeats, by entry field: a reader of the registry
 # sees what each worker's /metrics would say, without scraping it.
@@ -121,7 +121,7 @@ def records(rows: Iterable[Mapping[bytes, bytes]], now: float) -> list[WorkerRec
     return sorted(found, key=lambda worker: (worker.host, worker.id))
 
 
-async def registered_workers(queue: Queue) -> list[WorkerRecord]:
+async def registered_workers(queue: Partitions) -> list[WorkerRecord]:
     """Every registered worker whose entry is live, on every host: two round trips."""
     async with queue.redis.pipeline(transaction=False) as pipe:
         pipe.smembers(queue.keys.workers)

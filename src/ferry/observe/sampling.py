@@ -23,7 +23,7 @@ from ferry.observe.checks_workers import Counts, Reading, WorkerSeries
 from ferry.observe.probes import ScrapeFailure, health, scrape
 from ferry.observe.promtext import Page
 from ferry.observe.snapshot import Snapshot, take_snapshot
-from ferry.queue import Queue
+from ferry.queue import Partitions
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -31,7 +31,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 @dataclass(frozen=True)
 class Plan:
     duration_seconds: float
-    queue: Queue | None
+    queue: Partitions | None
     metrics_ports: Sequence[int]
     proxy_urls: Sequence[str]
     proxy_ssl: ssl.SSLContext | None

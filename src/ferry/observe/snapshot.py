@@ -3,6 +3,8 @@
 
 Two round trips whatever the queue holds: the queue's figures, the counters, the
 ids of the workers and Redis's clock; then each worker's entry and in-flight size.
+With partitions, one round trip more, to every partition above 0 at once: their
+figures, counters and in-flight sizes are added to partition 0's.
 Rates come from two readings (`rates`), since the counters are cumulative: every
 proxy and worker bumps them inside its scripts, so the difference is the traffic
 of the whole system, whichever process handled it.
@@ -10,13 +12,14 @@ of the whole system, whichever process handled it.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from pydantic import BaseModel
 
 from ferry.observe.registry import WorkerRecord, records, redis_seconds
-from ferry.queue import Queue
+from ferry.queue import Partitions, Queue
 from ferry.queue.message import id_time_ms
 
 # The autoscaler decisions a snapshot carries, newest first (the list keeps 50).
@@ -25,7 +28,7 @@ STATS_FIELDS = ("enqueued", "delivered", "dead")
 
 
 class QueueFigures(BaseModel):
-    size: int  # LLEN message_queue: the guide's backlog
+    size: int  # every partition's backlog; with one partition, LLEN message_queue: the guide's
     oldest_age_seconds: float  # how long the next message in line has waited
     retry_scheduled: int
     dead_letters: int
@@ -33,6 +36,7 @@ class QueueFigures(BaseModel):
     enqueued_total: int  # messages stored, since the counters began
     delivered_total: int
     dead_total: int  # refused for good, out of attempts or poison pills
+    partition_sizes: list[int] = []  # each partition's backlog, partition 0 (message_queue) first
 
 
 class Snapshot(BaseModel):
@@ -62,32 +66,55 @@ class Reading(Snapshot):
         return cls(**dict(newer), rates=rates(older, newer))
 
 
-async def take_snapshot(queue: Queue) -> Snapshot:
-    keys = queue.keys
-    async with queue.redis.pipeline(transaction=False) as pipe:
+async def take_snapshot(queue: Partitions) -> Snapshot:
+    await queue.refresh()
+    first = queue.first
+    keys = first.keys
+    async with first.redis.pipeline(transaction=False) as pipe:
         pipe.time()
-        pipe.llen(keys.queue)
-        pipe.lindex(keys.queue, -1)
-        pipe.zcard(keys.retry)
-        pipe.zcard(keys.dead)
-        pipe.hmget(keys.stats, list(STATS_FIELDS))
         pipe.lrange(keys.autoscaler_decisions, 0, DECISIONS - 1)
         pipe.smembers(keys.workers)
-        time_reply, size, next_id, retry, dead, stats, decisions, worker_ids = await pipe.execute()
+        _queue_figures(pipe, first)
+        time_reply, decisions, raw_ids, *first_figures = await pipe.execute()
     now = redis_seconds(time_reply)
-    workers, in_flight = await _workers(queue, [raw.decode(errors="replace") for raw in worker_ids], now)
-    enqueued, delivered, died = (int(value or 0) for value in stats)
+    worker_ids = [raw.decode(errors="replace") for raw in raw_ids]
+    workers, in_flight = await _workers(first, worker_ids, now)
+    others = await asyncio.gather(*(_partition(group, worker_ids) for group in queue.groups[1:]))
+    partitions = [first_figures, *(figures for figures, _ in others)]
+    in_flight += sum(held for _, held in others)
+    totals = [sum(int(value or 0) for value in counter) for counter in zip(*(stats for *_, stats in partitions))]
     figures = QueueFigures(
-        size=size,
-        oldest_age_seconds=_age_seconds(next_id, now),
-        retry_scheduled=retry,
-        dead_letters=dead,
+        size=sum(size for size, *_ in partitions),
+        oldest_age_seconds=max(_age_seconds(next_id, now) for _, next_id, *_ in partitions),
+        retry_scheduled=sum(retry for _, _, retry, *_ in partitions),
+        dead_letters=sum(dead for *_, dead, _ in partitions),
         in_flight=in_flight,
-        enqueued_total=enqueued,
-        delivered_total=delivered,
-        dead_total=died,
+        enqueued_total=totals[0],
+        delivered_total=totals[1],
+        dead_total=totals[2],
+        partition_sizes=[size for size, *_ in partitions],
     )
     return Snapshot(taken_at=now, queue=figures, workers=workers, autoscaler=_decisions(decisions))
+
+
+def _queue_figures(pipe: Any, group: Queue) -> None:
+    """Queue a partition's size, next id, retry and dead sizes and counters on `pipe`."""
+    keys = group.keys
+    pipe.llen(keys.queue)
+    pipe.lindex(keys.queue, -1)
+    pipe.zcard(keys.retry)
+    pipe.zcard(keys.dead)
+    pipe.hmget(keys.stats, list(STATS_FIELDS))
+
+
+async def _partition(group: Queue, worker_ids: list[str]) -> tuple[list[Any], int]:
+    """A partition's figures, and what the registered workers hold in it: one round trip."""
+    async with group.redis.pipeline(transaction=False) as pipe:
+        _queue_figures(pipe, group)
+        for worker_id in worker_ids:
+            pipe.zcard(group.keys.in_flight(worker_id))
+        replies = await pipe.execute()
+    return replies[:5], sum(replies[5:])
 
 
 def rates(older: Snapshot, newer: Snapshot) -> Rates:

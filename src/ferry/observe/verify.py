@@ -26,7 +26,7 @@ from ferry.observe.probes import MainServerProbe, probe_main_server
 from ferry.observe.sampling import Plan, Sample, proxy_series, queue_readings, sample_window, worker_series
 from ferry.observe.verdict import CHECKLIST, ChecklistItem, Finding, skipped
 from ferry.processes.redis_url import NoRedis, running_redis_url
-from ferry.queue import Queue
+from ferry.queue import Partitions
 from ferry.queue.connection import connect, probe_writes
 from ferry.queue.errors import RedisFailure, WritesRefused
 from ferry.settings import Settings, redacted_url
@@ -146,7 +146,7 @@ async def _probe_main_server(settings: Settings, url: str) -> MainServerProbe:
     return await probe_main_server(url, context)
 
 
-async def _redis_state(queue: Queue) -> str:
+async def _redis_state(queue: Partitions) -> str:
     try:
         await probe_writes(queue.redis, queue.keys.health)
     except WritesRefused as error:
@@ -156,7 +156,7 @@ async def _redis_state(queue: Queue) -> str:
     return ""
 
 
-async def _last_errors(queue: Queue) -> list[str]:
+async def _last_errors(queue: Partitions) -> list[str]:
     """The last errors of the newest retrying messages and dead letters."""
     try:
         ids = await queue.redis.zrevrange(queue.keys.retry, 0, LAST_ERRORS - 1)
@@ -206,14 +206,14 @@ async def verify(settings: Settings, options: VerifyOptions, progress: Callable[
     return judge(samples, plan, options, settings, evidence, shown)
 
 
-async def _connect(settings: Settings, required: bool) -> tuple[Queue | None, str]:
+async def _connect(settings: Settings, required: bool) -> tuple[Partitions | None, str]:
     try:
         url = running_redis_url(settings)
     except NoRedis as error:
         if required:
             raise VerifyError("no_redis", str(error)) from None
         return None, ""
-    queue = Queue(connect(url, retries=1))
+    queue = Partitions(connect(url, retries=1))  # finds the partitions in their record
     try:
         await queue.ping()
     except RedisFailure as error:
@@ -229,7 +229,7 @@ async def _main_server(settings: Settings) -> MainServerProbe | None:
 
 
 async def _evidence(
-    settings: Settings, queue: Queue | None, shown: str, options: VerifyOptions, first: MainServerProbe | None
+    settings: Settings, queue: Partitions | None, shown: str, options: VerifyOptions, first: MainServerProbe | None
 ) -> Evidence:
     """What the diagnosis reads after the window. The main server is probed at its start and
     its end: an outage that began or ended within the window shows in one of the two."""

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from ferry.processes.embedded import EmbeddedValkey, start_or_share
-from ferry.queue import Queue
+from ferry.queue import Partitions
 from ferry.queue.connection import connect
 from ferry.queue.errors import RedisBug, RedisUnavailable, WritesRefused
 from ferry.settings import Settings, redacted_url
@@ -42,14 +42,14 @@ def running_redis_url(settings: Settings) -> str:
     return url
 
 
-def run_on_queue(settings: Settings, operation: Callable[[Queue], Awaitable[T]]) -> T:
+def run_on_queue(settings: Settings, operation: Callable[[Partitions], Awaitable[T]]) -> T:
     """One operation on the queue of the running Redis, from synchronous code (admin commands)."""
     url = running_redis_url(settings)
 
     async def run() -> T:
         redis = connect(url, retries=1)
         try:
-            return await operation(Queue(redis))
+            return await operation(Partitions(redis))  # finds the partitions in their record
         finally:
             await redis.aclose()
 

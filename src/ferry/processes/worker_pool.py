@@ -25,7 +25,7 @@ from ferry.processes.control import PoolControl, pool_id
 from ferry.processes.measure import PoolMeter, Target
 from ferry.processes.redis_url import resolve_redis_url
 from ferry.processes.supervisor import ChildSpec, Supervisor, child_env, ferry_argv
-from ferry.queue import Queue
+from ferry.queue import Partitions
 from ferry.queue.connection import connect
 from ferry.queue.errors import RedisBug, RedisFailure
 from ferry.queue.keys import Keys
@@ -104,7 +104,7 @@ async def autoscale(pool: WorkerPool, redis: Redis, policy: AutoscalePolicy) -> 
     is logged with its traceback, and the autoscaler goes on with its next look.
     """
     autoscaler = Autoscaler(policy)
-    queue = Queue(redis)
+    queue = Partitions(redis)  # a reader: it finds the partitions in their record
     meter = PoolMeter(pool.settings.metrics_host)
     while True:
         await asyncio.sleep(policy.interval_seconds)
@@ -119,7 +119,7 @@ async def autoscale(pool: WorkerPool, redis: Redis, policy: AutoscalePolicy) -> 
             log.error("autoscaler failed unexpectedly, going on", error=str(error), exc_info=error)
 
 
-async def _autoscale_once(pool: WorkerPool, queue: Queue, autoscaler: Autoscaler, meter: PoolMeter) -> None:
+async def _autoscale_once(pool: WorkerPool, queue: Partitions, autoscaler: Autoscaler, meter: PoolMeter) -> None:
     size = await queue.size()
     pool.metrics.queue_size.set(size)
     measured = await meter.measure(pool.targets())

@@ -27,7 +27,7 @@ from ferry.observe import Snapshot, WorkerRecord, registered_workers, take_snaps
 from ferry.proxy.auth import ApiKeys
 from ferry.proxy.errors import ErrorCode, documented, error_response
 from ferry.proxy.schemas import DeadLetterPage, model_response
-from ferry.queue import Handled, Queue
+from ferry.queue import Handled, Partitions
 from ferry.settings import Settings
 from ferry.validation import one_line
 
@@ -137,7 +137,7 @@ async def _selection(request: Request) -> DeadLetterSelection:
 def add_admin_routes(
     app: FastAPI,
     settings: Settings,
-    queue: Queue,
+    queue: Partitions,
     api_keys: ApiKeys,
     metrics_guard: Callable[[Request], Response | None],
 ) -> None:

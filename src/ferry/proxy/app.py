@@ -43,7 +43,7 @@ from ferry.proxy.ingest import (
     header_map,
 )
 from ferry.proxy.schemas import MessageStatusOut, json_response, model_response
-from ferry.queue import Queue
+from ferry.queue import Partitions
 from ferry.queue.connection import connect, probe_writes
 from ferry.queue.errors import RedisBug, RedisFailure
 from ferry.settings import Settings
@@ -114,7 +114,7 @@ async def taken_by_dispatch(request: Request) -> Response:
 
 def create_app(settings: Settings, redis_url: str) -> ASGIApp:
     redis = connect(redis_url, retries=1)
-    queue = Queue(redis)
+    queue = Partitions(redis, settings.partitions)
     api_keys = ApiKeys.from_settings(settings)
     admin_keys = ApiKeys.admin_from_settings(settings)
     metrics = ProxyMetrics()
@@ -196,7 +196,7 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
                 size = await queue.size()
-                await probe_writes(queue.redis, queue.keys.health)
+                await asyncio.gather(*(probe_writes(group.redis, group.keys.health) for group in queue.groups))
         except TimeoutError:
             return redis_unavailable(f"redis does not answer within {HEALTH_TIMEOUT_SECONDS} s")
         except RedisFailure as error:
@@ -231,6 +231,25 @@ def create_app(settings: Settings, redis_url: str) -> ASGIApp:
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     fast: dict[tuple[str, str], FastEndpoint] = {("POST", MESSAGES): ingest.message, ("POST", BATCH): ingest.batch}
     return Dispatch(fast, RequestMetrics(app, metrics), metrics)
+
+
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": HEADER_VALUE_PATTERN},
+}
+PARTITION_KEY = {
+    "name": "Partition-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "With FERRY_PARTITIONS > 1: messages with the same key go to the same partition, so they "
+        "wait in one line (taken in the order stored; concurrent deliveries may still finish out "
+        "of order)."
+    ),
+    "schema": {"type": "string", "pattern": HEADER_VALUE_PATTERN},
+}
 
 
 HTTP_ERRORS = {
@@ -337,14 +356,7 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
                 "first message's id with 200 and stores nothing."
             ),
             "security": security,
-            "parameters": [
-                {
-                    "name": "Idempotency-Key",
-                    "in": "header",
-                    "required": False,
-                    "schema": {"type": "string", "pattern": HEADER_VALUE_PATTERN},
-                }
-            ],
+            "parameters": [IDEMPOTENCY_KEY, PARTITION_KEY],
             "requestBody": {
                 "required": False,  # an empty message (a ping) is a message too
                 # Any bytes of any type are a message: none of these bodies can be invalid.
@@ -365,6 +377,7 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
         "post": {
             "summary": f"Hand over up to {settings.max_batch} messages at once, all or nothing",
             "security": security,
+            "parameters": [PARTITION_KEY],
             "requestBody": {"required": True, **ref("BatchRequest")},
             "responses": {
                 "202": {"description": "all stored and queued, ids in order", **ref("BatchAccepted")},

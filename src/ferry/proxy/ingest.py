@@ -29,7 +29,7 @@ from ferry.proxy.errors import (
     error_response,
     redis_failed,
 )
-from ferry.queue import Enqueued, Limits, Queue
+from ferry.queue import Enqueued, Limits, Partitions
 from ferry.queue.batching import Coalescer
 from ferry.queue.errors import RedisFailure
 from ferry.queue.message import NewMessage, new_message_id
@@ -212,7 +212,7 @@ class Ingest:
     """POST /api/v1/messages and /api/v1/messages/batch."""
 
     def __init__(
-        self, settings: Settings, queue: Queue, api_keys: ApiKeys, metrics: ProxyMetrics
+        self, settings: Settings, queue: Partitions, api_keys: ApiKeys, metrics: ProxyMetrics
     ) -> None:
         self.queue = queue
         self.api_keys = api_keys
@@ -243,6 +243,9 @@ class Ingest:
         idempotency_key = headers.get("idempotency-key")
         if idempotency_key is not None and not valid_header_value(idempotency_key):
             return error_response(ErrorCode.INVALID_REQUEST, f"Idempotency-Key must be {HEADER_VALUE_RULE}")
+        partition_key = headers.get("partition-key")
+        if partition_key is not None and not valid_header_value(partition_key):
+            return error_response(ErrorCode.INVALID_REQUEST, f"Partition-Key must be {HEADER_VALUE_RULE}")
         content_type = headers.get("content-type", DEFAULT_CONTENT_TYPE).strip()  # OWS is no part of a value
         if not valid_header_value(content_type):
             return error_response(ErrorCode.INVALID_REQUEST, f"Content-Type must be {HEADER_VALUE_RULE}")
@@ -259,6 +262,7 @@ class Ingest:
             idempotency_key or "",
             key_id if self.rate_limited else "",
             key_id,
+            partition_key or "",
         )
         try:
             result = await self.enqueuer.submit(message)
@@ -283,6 +287,9 @@ class Ingest:
             return error_response(
                 ErrorCode.INVALID_REQUEST, "a batch takes idempotency_key on each message, not the header"
             )
+        partition_key = headers.get("partition-key")
+        if partition_key is not None and not valid_header_value(partition_key):
+            return error_response(ErrorCode.INVALID_REQUEST, f"Partition-Key must be {HEADER_VALUE_RULE}")
         media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media_type != "application/json":
             return error_response(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "a batch is application/json")
@@ -293,7 +300,7 @@ class Ingest:
         except ClientDisconnect:
             return Response(status_code=400)
         try:
-            messages = self._batch_messages(raw, key_id)
+            messages = self._batch_messages(raw, key_id, partition_key or "")
         except (ValidationError, ValueError) as error:
             return error_response(ErrorCode.INVALID_REQUEST, one_line(error))
         try:
@@ -308,7 +315,7 @@ class Ingest:
         answer = [accepted(result) for result in results]
         return JsonAnswer({"messages": answer}, 202)
 
-    def _batch_messages(self, raw: bytes, key_id: str) -> list[NewMessage]:
+    def _batch_messages(self, raw: bytes, key_id: str, partition_key: str) -> list[NewMessage]:
         items = BatchRequest.model_validate_json(raw).messages
         if len(items) > self.max_batch:
             raise ValueError(f"a batch holds at most {self.max_batch} messages (FERRY_MAX_BATCH)")
@@ -319,7 +326,9 @@ class Ingest:
             if len(body) > self.max_body_bytes:
                 raise ValueError(f"a message body is over {self.max_body_bytes} bytes")
             messages.append(
-                NewMessage(new_message_id(), body, content_type, item.idempotency_key or "", bucket, key_id)
+                NewMessage(
+                    new_message_id(), body, content_type, item.idempotency_key or "", bucket, key_id, partition_key
+                )
             )
         return messages
 

@@ -9,6 +9,9 @@ docs/storage.md describes each key's type, contents, TTL and writers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,12 @@ class Keys:
         return f"{self.tag}:pool:{pool_id}:control"
 
     @property
+    def partitions(self) -> str:
+        """Set of the queue names of every partition above 0 that a proxy ever sent to:
+        workers drain these too, so changing FERRY_PARTITIONS strands nothing."""
+        return f"{self.tag}:partitions"
+
+    @property
     def health(self) -> str:
         """A short-lived string the proxy's health route writes: does Redis take writes?"""
         return f"{self.tag}:health"
@@ -112,3 +121,25 @@ class Keys:
 
     def worker_info(self, worker_id: str) -> str:
         return self.worker_info_prefix + worker_id
+
+
+def partition_names(queue: str, count: int) -> tuple[str, ...]:
+    """The queue names of `count` partitions: `queue` itself, then `queue:<p>.<k>`.
+
+    Partition p's name hashes to the slot p/count of the way round the ring of
+    16384 slots from partition 0's, `k` being the first number that makes it so:
+    a pure function of `count`, the same in every process, that puts the groups
+    on `count` different masters of a cluster whose slots are spread evenly.
+    """
+    return tuple(_partition_name(queue, p, count) for p in range(count))
+
+
+@lru_cache(maxsize=64)
+def _partition_name(queue: str, partition: int, count: int) -> str:
+    if partition == 0:
+        return queue
+    target = (key_slot(queue.encode()) + partition * REDIS_CLUSTER_HASH_SLOTS // count) % REDIS_CLUSTER_HASH_SLOTS
+    suffix = 0
+    while key_slot(f"{queue}:{partition}.{suffix}".encode()) != target:
+        suffix += 1  # about 16,384 tries on average: milliseconds, once per process
+    return f"{queue}:{partition}.{suffix}"

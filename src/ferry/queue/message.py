@@ -44,6 +44,7 @@ class NewMessage:
     idempotency_key: str = ""
     rate_bucket: str = ""  # the API key's id, when its rate is limited
     sender: str = ""  # the API key's id: its idempotency keys and status reads are its own
+    partition_key: str = ""  # the client's Partition-Key: messages with one wait in one line
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,7 @@ class Message:
     content_type: str
     attempt: int
     created_at_ms: int
+    partition: int = 0  # which of the worker's partitions it was claimed from
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,6 +85,7 @@ class Snapshot:
     retry_scheduled: int
     dead_letters: int
     workers: int  # workers holding a lease (alive or not yet reaped)
+    partition_sizes: tuple[int, ...] = ()  # each partition's backlog, partition 0 first
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +149,10 @@ class Queue:
     changes a long list in chunks.
     """
 
-    def __init__(self, redis: Redis, keys: Keys | None = None) -> None:
+    def __init__(self, redis: Redis, keys: Keys | None = None, *, partition: int = 0) -> None:
         self.redis = redis
         self.keys = keys or Keys()
+        self.partition = partition  # its place among the partitions, stamped on what it claims
         self._enqueue = _script(redis, "enqueue")
         self._claim = _script(redis, "claim")
         self._ack = _script(redis, "ack")
@@ -251,10 +253,7 @@ class Queue:
         claimed = await self._claim_now(worker_id, limit, holder)
         if claimed:
             return claimed
-        arrived = await self.redis.blmove(
-            self.keys.queue, self.keys.queue, block_seconds, "RIGHT", "RIGHT"  # type: ignore[arg-type]  # seconds may be fractional
-        )
-        if arrived is None:
+        if not await self.wait_for_message(block_seconds):
             return []
         return await self._claim_now(worker_id, limit, holder)
 
@@ -298,6 +297,13 @@ class Queue:
             raise reply
         return acks_ran, self._claimed(worker_id, reply)
 
+    async def wait_for_message(self, block_seconds: float) -> bool:
+        """Wait up to `block_seconds` until the queue holds a message; move nothing."""
+        arrived = await self.redis.blmove(
+            self.keys.queue, self.keys.queue, block_seconds, "RIGHT", "RIGHT"  # type: ignore[arg-type]  # seconds may be fractional
+        )
+        return arrived is not None
+
     def _claim_arguments(self, worker_id: str, limit: int, holder: str) -> tuple[list[str], list[str | int]]:
         keys = [self.keys.queue, self.keys.in_flight(worker_id), self.keys.dead, self.keys.heartbeat(worker_id)]
         return keys, [self.keys.message_prefix, now_ms(), limit, worker_id, holder]
@@ -306,8 +312,7 @@ class Queue:
         keys, args = self._claim_arguments(worker_id, limit, holder)
         return self._claimed(worker_id, await self._claim(keys=keys, args=args))
 
-    @staticmethod
-    def _claimed(worker_id: str, reply: Any) -> list[Message]:
+    def _claimed(self, worker_id: str, reply: Any) -> list[Message]:
         """The messages of a claim script's reply; `Fenced` for its refusal."""
         if reply == b"fenced":
             raise Fenced(worker_id)
@@ -318,6 +323,7 @@ class Queue:
                 content_type=(reply[i + 2] or b"application/octet-stream").decode(),
                 attempt=int(reply[i + 3]),
                 created_at_ms=int(reply[i + 4] or 0),
+                partition=self.partition,
             )
             for i in range(0, len(reply), 5)
         ]

@@ -27,11 +27,12 @@ from ferry.logs import configure, get_logger
 from ferry.metrics import WorkerMetrics
 from ferry.observe.registry import Registration, metrics_url
 from ferry.processes.redis_url import resolve_redis_url
-from ferry.queue import Fenced, Queue
+from ferry.queue import Fenced
 from ferry.queue.batching import Coalescer
 from ferry.queue.connection import UnsafeRedis, check_server, connect
 from ferry.queue.errors import RedisFailure, RedisUnavailable, WritesRefused
 from ferry.queue.message import Message, now_ms
+from ferry.queue.partitions import Partitions
 from ferry.settings import Settings
 from ferry.worker.delivery import Deliverer, Outcome, Verdict
 from ferry.worker.retry_policy import next_delay_seconds
@@ -48,6 +49,9 @@ BLOCK_SECONDS = 1.0
 CARRY_ACKS_SECONDS = 0.002
 # How often due retries are moved back to the queue.
 PROMOTE_EVERY_SECONDS = 0.5
+# How often a worker reads which partitions proxies have sent to (a partition a
+# proxy with a larger FERRY_PARTITIONS added waits at most this long for workers).
+ADOPT_EVERY_SECONDS = 5.0
 # Reconnect backoff while Redis is away: from the first value, doubling to the cap.
 RECONNECT_FIRST_SECONDS = 0.1
 RECONNECT_CAP_SECONDS = 5.0
@@ -109,7 +113,7 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        queue: Queue,
+        queue: Partitions,
         deliverer: Deliverer,
         metrics: WorkerMetrics,
         *,
@@ -120,11 +124,12 @@ class Worker:
         # Its registry entry, written with every heartbeat (ferry workers list reads it).
         self.registration = Registration.of(settings.worker_id, settings.worker_concurrency, metrics_url)
         self.queue = queue
+        queue.start_at(settings.worker_id)
         self.deliverer = deliverer
         self.metrics = metrics
         self.redis_away = RedisAway(metrics)
         # Deliveries that finish together are acked together: one script call.
-        self._acks: Coalescer[str, None] = Coalescer(self._ack_batch)
+        self._acks: Coalescer[Message, None] = Coalescer(self._ack_batch)
         # While the fetcher waits to carry acks with its next claim: the deliveries'
         # ids and, for each, whether it was carried (else it is acked on its own).
         self._carried: list[tuple[str, asyncio.Future[bool]]] | None = None
@@ -172,6 +177,7 @@ class Worker:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        await self.queue.close()
         await self._give_back()
 
     async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
@@ -302,8 +308,9 @@ class Worker:
         return False
 
     async def _maintain(self) -> None:
-        """Promote due retries often; reap dead workers every half lease, jittered."""
-        next_reap = time.monotonic()
+        """Promote due retries often; reap dead workers every half lease, jittered; look
+        for partitions that proxies added now and then."""
+        next_reap = next_adopt = time.monotonic()
         while not self._closing.is_set():
             await asyncio.sleep(random.uniform(0.5, 1.5) * PROMOTE_EVERY_SECONDS)
             try:
@@ -314,8 +321,19 @@ class Worker:
                     reaped = await self.queue.reap(self.settings.max_returns)
                     self._log_reaped(reaped.returned, reaped.buried)
                     next_reap = time.monotonic() + self.settings.lease_seconds * random.uniform(0.4, 0.6)
+                if time.monotonic() >= next_adopt:
+                    await self._adopt_partitions()
+                    next_adopt = time.monotonic() + ADOPT_EVERY_SECONDS
             except WAIT_OUT as error:
                 await self.redis_away.wait(error)
+
+    async def _adopt_partitions(self) -> None:
+        """Drain the partitions proxies record beyond this worker's own: its lease there is
+        taken at once, so claims start there before the next renewal."""
+        if added := await self.queue.adopt_recorded():
+            log.info("draining partitions that proxies added", added=added, partitions=len(self.queue.groups))
+            if not await self._heartbeat():
+                await self._rejoin()
 
     def _log_reaped(self, returned: int, buried: int) -> None:
         if returned or buried:
@@ -414,15 +432,15 @@ class Worker:
                     future.set_result(acks_ran)
         return messages
 
-    async def _ack(self, message_id: str) -> None:
+    async def _ack(self, message: Message) -> None:
         """Record a delivery: with the fetcher's next claim if it waits for this one, else on its own."""
         if self._carried is not None:
             future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            self._carried.append((message_id, future))
+            self._carried.append((message.id, future))
             self._check_carried()
             if await future:
                 return
-        await self._acks.submit(message_id)
+        await self._acks.submit(message)
 
     async def _return_strays(self) -> None:
         """Give back what this worker's in-flight set holds that the worker does not know of.
@@ -479,7 +497,7 @@ class Worker:
     async def _settle(self, message: Message, outcome: Outcome) -> None:
         settings = self.settings
         if outcome.verdict is Verdict.DELIVERED:
-            await self.redis_away.call(lambda: self._ack(message.id))
+            await self.redis_away.call(lambda: self._ack(message))
             self.metrics.processed.inc()
             if message.created_at_ms:
                 self.metrics.end_to_end_seconds.observe(max(0, now_ms() - message.created_at_ms) / 1000)
@@ -488,7 +506,7 @@ class Worker:
         self.metrics.failed.inc()
         if outcome.verdict is Verdict.PERMANENT or message.attempt >= settings.worker_max_attempts:
             await self.redis_away.call(
-                lambda: self.queue.bury(self.worker_id, message.id, outcome.error, holder=self.holder)
+                lambda: self.queue.bury(self.worker_id, message, outcome.error, holder=self.holder)
             )
             self.metrics.dead.inc()
             log.warning("dead-lettered", error=outcome.error, permanent=outcome.verdict is Verdict.PERMANENT)
@@ -496,14 +514,14 @@ class Worker:
         delay = next_delay_seconds(message.attempt, outcome.retry_after_seconds, settings)
         due_ms = now_ms() + int(delay * 1000)
         await self.redis_away.call(
-            lambda: self.queue.retry_later(self.worker_id, message.id, due_ms, outcome.error, holder=self.holder)
+            lambda: self.queue.retry_later(self.worker_id, message, due_ms, outcome.error, holder=self.holder)
         )
         self.metrics.retries.inc()
         log.warning("delivery failed, will retry", error=outcome.error, retry_in_seconds=round(delay, 3))
 
-    async def _ack_batch(self, message_ids: list[str]) -> list[None]:
-        await self.queue.ack(self.worker_id, message_ids, self.settings.status_ttl_seconds, holder=self.holder)
-        return [None] * len(message_ids)
+    async def _ack_batch(self, messages: list[Message]) -> list[None]:
+        await self.queue.ack(self.worker_id, messages, self.settings.status_ttl_seconds, holder=self.holder)
+        return [None] * len(messages)
 
     async def _drain(self) -> None:
         """Let in-flight deliveries finish within the grace period, then cut them short."""
@@ -591,7 +609,7 @@ async def serve(settings: Settings, redis_url: str) -> int:
             log.error("cannot serve metrics", port=settings.worker_metrics_port, error=str(error))
             return 2
     redis = connect(redis_url)
-    queue = Queue(redis)
+    queue = Partitions(redis, settings.partitions)
     async with Deliverer(settings) as deliverer:
         url = metrics_url(settings.metrics_host, settings.worker_metrics_port)
         worker = Worker(settings, queue, deliverer, metrics, metrics_url=url)
