@@ -82,16 +82,25 @@ exit, and its errors mapped onto the adapter's few error kinds.
 """
 
 
+OWN_SYSTEMS = ("ferry", "ferry (aiohttp)", "ceiling (bare aiohttp)", "ceiling (bare pyreqwest)",
+               "textbook BLMOVE/POST/LREM")
+
+
 def delivery_summary(rows: list[dict[str, Any]]) -> str:
     lines = []
     for c in sorted({r["concurrency"] for r in rows}):
         at = [r for r in rows if r["concurrency"] == c and r["rate"] == r["rate"]]
         ferry = next((r for r in at if r["system"] == "ferry"), None)
-        peers = [r for r in at if r["system"] not in ("ferry", "ceiling (bare aiohttp)",
-                                                     "textbook BLMOVE/POST/LREM")]
+        peers = [r for r in at if r["system"] not in OWN_SYSTEMS]
         if ferry is None:
             continue
-        text = f"At concurrency {c}: ferry {fmt(ferry['rate'])}/s, {fmt(ferry['to_ceiling'], 2)} of the ceiling"
+        text = f"At concurrency {c}: ferry {fmt(ferry['rate'])}/s, {fmt(ferry['to_ceiling'], 2)} of the bare aiohttp loop"
+        fastest = next((r for r in at if r["system"] == "ceiling (bare pyreqwest)"), None)
+        if fastest:
+            text += f", {fmt(ferry['rate'] / fastest['rate'], 2)} of the bare pyreqwest loop (its own client's)"
+        on_aiohttp = next((r for r in at if r["system"] == "ferry (aiohttp)"), None)
+        if on_aiohttp:
+            text += f"; on aiohttp ferry does {fmt(on_aiohttp['rate'])}/s"
         if peers:
             best = max(peers, key=lambda r: r["rate"])
             text += (f"; the fastest peer, {best['system']}, {fmt(best['rate'])}/s: ferry is "

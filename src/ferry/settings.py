@@ -8,6 +8,7 @@ names its variable explicitly.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import ipaddress
 import json
 import os
@@ -76,6 +77,12 @@ class Settings(BaseSettings):
     )
     main_server_key_file: Path | None = env(
         "MAIN_SERVER_KEY_FILE", "Private key of the client certificate."
+    )
+    http_client: Literal["auto", "pyreqwest", "aiohttp"] = env(
+        "FERRY_HTTP_CLIENT",
+        "The workers' HTTP client. auto: pyreqwest where installed, unless MAIN_SERVER_CA_FILE is set "
+        "(pyreqwest adds that CA to the system's, aiohttp trusts it alone); docs/benchmarks.md.",
+        "auto",
     )
 
     # Workers (the guide's names and defaults)
@@ -271,6 +278,13 @@ class Settings(BaseSettings):
                 "more than one partition is not built yet: ferry keeps every key of the queue in one "
                 "Cluster slot (docs/scaling.md, 'Partitions'); leave it at 1"
             )
+        return value
+
+    @field_validator("http_client")
+    @classmethod
+    def _client_installed(cls, value: str) -> str:
+        if value == "pyreqwest" and importlib.util.find_spec("pyreqwest") is None:
+            raise ValueError("pyreqwest is not installed here (no wheel for this platform?): use auto or aiohttp")
         return value
 
     @field_validator("main_server_url")
