@@ -80,8 +80,9 @@ class Settings(BaseSettings):
     )
     http_client: Literal["auto", "pyreqwest", "aiohttp"] = env(
         "FERRY_HTTP_CLIENT",
-        "The workers' HTTP client. auto: pyreqwest where installed, unless MAIN_SERVER_CA_FILE is set "
-        "(pyreqwest adds that CA to the system's, aiohttp trusts it alone); docs/benchmarks.md.",
+        "The workers' HTTP client. auto: pyreqwest where it and uvloop are installed (not Windows), unless "
+        "MAIN_SERVER_CA_FILE is set (pyreqwest adds that CA to the system's, aiohttp trusts it alone); "
+        "docs/benchmarks.md.",
         "auto",
     )
 

@@ -18,7 +18,10 @@ needs of it lives here and tests/adapters/test_pyreqwest.py is its canary:
 - `add_root_certificate_pem` takes one certificate (reqwest's `from_pem`), so a
   bundle is added certificate by certificate; and it *adds* to the system's
   store, which pyreqwest 0.15 cannot turn off (reqwest's `tls_certs_only` is not
-  bound): `auto` picks aiohttp when MAIN_SERVER_CA_FILE is set, for that CA alone.
+  bound): `auto` picks aiohttp when MAIN_SERVER_CA_FILE is set, for that CA alone;
+- under asyncio's own event loop a process that used it may abort at exit
+  (PyGILState_Release while finalizing), under uvloop it did not: `auto` picks
+  aiohttp where uvloop is missing (Windows).
 """
 
 from __future__ import annotations

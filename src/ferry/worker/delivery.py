@@ -163,16 +163,19 @@ class AiohttpClient:
 
 
 def chosen_client(settings: Settings) -> Literal["pyreqwest", "aiohttp"]:
-    """FERRY_HTTP_CLIENT, with auto resolved: pyreqwest where installed and no CA file narrows trust."""
+    """FERRY_HTTP_CLIENT, with auto resolved: pyreqwest where it and uvloop are installed and no
+    CA file narrows trust. Under asyncio's own loop (Windows) a process that used pyreqwest 0.15
+    aborted at exit in about half the runs here (PyGILState_Release while finalizing), never under
+    uvloop; an abort is exit 134, which a supervisor takes for a crash."""
     if settings.http_client != "auto":
         return settings.http_client
-    if settings.main_server_ca_file is None and pyreqwest_installed():
+    if settings.main_server_ca_file is None and installed("pyreqwest") and installed("uvloop"):
         return "pyreqwest"
     return "aiohttp"
 
 
-def pyreqwest_installed() -> bool:
-    return importlib.util.find_spec("pyreqwest") is not None
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def open_client(settings: Settings) -> HttpClient:
