@@ -43,8 +43,8 @@ def gather(kind: str, s: dict[str, Any], args: argparse.Namespace) -> dict[str, 
         names = delivery.CORE if args.systems == "core" else list(delivery.SYSTEMS)
         return delivery.run(names, s["messages"], s["concurrency"], runs, retries, timeout=900)
     if kind == "clients":
-        return http_clients.run(http_clients.CLIENTS, s["client_requests"], s["concurrency"],
-                                ["http", "https"], runs, retries, timeout=900)
+        return http_clients.run(args.clients, s["client_requests"], s["concurrency"],
+                                args.schemes, runs, retries, timeout=900)
     if kind == "ingest":
         return ingest.run(["http", "https"], s["processes"], s["ingest_seconds"], runs, retries)
     if kind == "end_to_end":
@@ -84,6 +84,10 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=KINDS, default=KINDS)
     parser.add_argument("--systems", choices=["core", "all"], default="all",
                         help="core: ferry, the ceiling and the textbook consumer only")
+    parser.add_argument("--schemes", nargs="+", choices=["http", "https", "mtls"],
+                        default=["http", "https", "mtls"], help="what the clients kind runs over")
+    parser.add_argument("--clients", nargs="+", choices=http_clients.CLIENTS, default=http_clients.CLIENTS,
+                        help="what the clients kind compares")
     parser.add_argument("--runs", type=int)
     parser.add_argument("--retries", type=int)
     parser.add_argument("--out", type=Path, help="default docs/ (--quick: a temporary folder)")

@@ -25,7 +25,9 @@ from bench import harness
 # need nothing beyond ferry's test venv; the others need the bench extra (or arq's venv).
 SYSTEMS = {
     "ceiling (bare aiohttp)": "ceiling",
+    "ceiling (bare pyreqwest)": "ceiling_pyreqwest",
     "ferry": "ferry_worker",
+    "ferry (aiohttp)": "ferry_aiohttp",
     "textbook BLMOVE/POST/LREM": "textbook",
     "Celery": "celery_peer",
     "Dramatiq": "dramatiq_peer",
@@ -35,7 +37,8 @@ SYSTEMS = {
     "taskiq": "taskiq_peer",
     "huey": "huey_peer",
 }
-CORE = ["ceiling (bare aiohttp)", "ferry", "textbook BLMOVE/POST/LREM"]
+CORE = ["ceiling (bare aiohttp)", "ceiling (bare pyreqwest)", "ferry", "ferry (aiohttp)",
+        "textbook BLMOVE/POST/LREM"]
 ARQ_PYTHON = os.environ.get("BENCH_ARQ_PYTHON", "/tmp/venv-arq/bin/python")
 
 
@@ -85,8 +88,8 @@ def one_run(system: System, sink: harness.Sink, work: Path, count: int, concurre
     with harness.redis_server(work) as redis:
         env = {"BENCH_REDIS_URL": redis.url, "BENCH_SINK_URL": sink.url,
                "BENCH_CONCURRENCY": str(concurrency), "BENCH_COUNT": str(count)}
-        if system.module == "ferry_worker":
-            ferry = importlib.import_module("bench.peers.ferry_worker")
+        if system.module in ("ferry_worker", "ferry_aiohttp"):
+            ferry = importlib.import_module(f"bench.peers.{system.module}")
             env.update(ferry.env(redis.url, sink.url, concurrency))
         loader = subprocess.run(
             [system.python, "-m", f"bench.peers.{system.module}", "load", redis.url, str(count)],

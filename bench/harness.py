@@ -141,9 +141,11 @@ class LoadMeter:
 
 
 class Sink:
-    def __init__(self, work: Path, certfile: Path | None = None, keyfile: Path | None = None):
+    def __init__(self, work: Path, certfile: Path | None = None, keyfile: Path | None = None,
+                 client_ca: Path | None = None):
         self.port, self.control_port = free_port(), free_port()
         tls = ["--certfile", str(certfile), "--keyfile", str(keyfile)] if certfile else []
+        tls += ["--client-ca", str(client_ca)] if client_ca else []
         log = work / "sink.log"
         self.process = spawn([sys.executable, "-m", "bench.sink", "--port", str(self.port),
                               "--control-port", str(self.control_port), *tls], log)

@@ -67,19 +67,36 @@ test share the machine's cores; foreign load is the machine's busy time less thi
 processes (a process of ours that ended unreaped counts as foreign, so the figure errs high).
 """
 
-CLIENT_FAILURE_MODES = """Before any client other than aiohttp goes behind the delivery adapter
-(`src/ferry/adapters/`), these must be tested against it as aiohttp's are, on real sockets:
-a certificate of an unknown CA, an expired one and one for another name (each refused, with
-an error the worker classifies as a failed attempt, not a crash); mTLS with a client
-certificate, and a server that asks for one the worker does not have; a redirect (not followed:
-a 3xx is a failed attempt); an enormous or endless answer (read no further than the cap, the
-connection dropped); a server that accepts and never answers, and one that answers headers then
-stalls the body (the total timeout fires, the slot is freed); a connection reset mid-request and
-a keep-alive connection the server closed while idle (retried, never counted delivered); and
-cancellation at shutdown (no request left running, no task leaked). A Rust-backed client
-(pyreqwest) also needs its own runtime's threads accounted for in the worker's CPU and stopped on
-exit, and its errors mapped onto the adapter's few error kinds.
+CLIENT_FAILURE_MODES = """**The choice.** The workers deliver with pyreqwest (`FERRY_HTTP_CLIENT=auto`, the
+default), behind the one delivery adapter (`ferry.worker.delivery.HttpClient`; everything
+pyreqwest-specific is in `src/ferry/adapters/pyreqwest.py`, its canary is
+tests/adapters/test_pyreqwest.py). aiohttp stays, as `FERRY_HTTP_CLIENT=aiohttp` and as auto's
+pick when `MAIN_SERVER_CA_FILE` is set: pyreqwest 0.15 adds that CA to the system's store and
+cannot trust it alone (reqwest's `tls_certs_only` is not bound), which aiohttp does; set
+`FERRY_HTTP_CLIENT=pyreqwest` to take the speed with the wider trust. auto also picks aiohttp
+where uvloop is not installed (Windows): under asyncio's own loop a process that used pyreqwest
+0.15 aborted at exit (`PyGILState_Release` while finalizing, exit 134) in about half the runs
+here, under uvloop never. aiohttp is a dependency
+of ferry anyway (the sink, `ferry send`, the probes), so the fallback costs nothing to install.
+pyreqwest has binary wheels for all five platforms CI resolves.
+
+Tested on both clients, real sockets and trustme TLS (tests/worker/test_delivery.py), each
+to the same Verdict: a certificate of an unknown CA, an expired one, one for another name
+(retried, nothing sent); mTLS required and missing, a stranger's certificate, ferry's own
+(retried, retried, delivered); a CA bundle; redirects 301/302/303/307/308 (not followed,
+retried as today); statuses and Retry-After; an enormous answer, 2xx or error (read no further
+than the cap: the server got a few MB of its gigabyte out); a server that never answers and an
+error body that stalls; a 2xx whose body stalls (delivered on its headers); resets before the
+answer and mid-body; a keep-alive connection the server closed while idle (not reused);
+connection refused; the URL's password and token kept out of errors; cancellation. One
+difference remains: a cancelled pyreqwest request is not stopped (0.15 detaches its task), it
+runs on until FERRY_DELIVERY_TIMEOUT_SECONDS or the process's exit; aiohttp hangs up at once.
+A forced stop of `ferry worker` exits within seconds on both (tests/worker/test_worker.py).
 """
+
+
+OWN_SYSTEMS = ("ferry", "ferry (aiohttp)", "ceiling (bare aiohttp)", "ceiling (bare pyreqwest)",
+               "textbook BLMOVE/POST/LREM")
 
 
 def delivery_summary(rows: list[dict[str, Any]]) -> str:
@@ -87,11 +104,16 @@ def delivery_summary(rows: list[dict[str, Any]]) -> str:
     for c in sorted({r["concurrency"] for r in rows}):
         at = [r for r in rows if r["concurrency"] == c and r["rate"] == r["rate"]]
         ferry = next((r for r in at if r["system"] == "ferry"), None)
-        peers = [r for r in at if r["system"] not in ("ferry", "ceiling (bare aiohttp)",
-                                                     "textbook BLMOVE/POST/LREM")]
+        peers = [r for r in at if r["system"] not in OWN_SYSTEMS]
         if ferry is None:
             continue
-        text = f"At concurrency {c}: ferry {fmt(ferry['rate'])}/s, {fmt(ferry['to_ceiling'], 2)} of the ceiling"
+        text = f"At concurrency {c}: ferry {fmt(ferry['rate'])}/s, {fmt(ferry['to_ceiling'], 2)} of the bare aiohttp loop"
+        fastest = next((r for r in at if r["system"] == "ceiling (bare pyreqwest)"), None)
+        if fastest:
+            text += f", {fmt(ferry['rate'] / fastest['rate'], 2)} of the bare pyreqwest loop (its own client's)"
+        on_aiohttp = next((r for r in at if r["system"] == "ferry (aiohttp)"), None)
+        if on_aiohttp:
+            text += f"; on aiohttp ferry does {fmt(on_aiohttp['rate'])}/s"
         if peers:
             best = max(peers, key=lambda r: r["rate"])
             text += (f"; the fastest peer, {best['system']}, {fmt(best['rate'])}/s: ferry is "
@@ -144,9 +166,13 @@ def clients_section(result: dict[str, Any]) -> str:
     rows = [[r["client"], r["scheme"], str(r["concurrency"]), fmt(r["rate"]),
              fmt(r["cpu_us_per_request"]), fmt(r["foreign_load"], 2)] for r in result["rows"]]
     missing = "".join(f"\nNot installed: {m}." for m in result["missing"])
-    return (f"## HTTP clients (issue 14, item 3)\n\nA bare loop of {result['count']:,} keep-alive "
-            "POSTs of 500 bytes to the sink, one process on uvloop, HTTPS with the trustme CA "
-            "verified; CPU is the client process's (all its threads) per request.\n\n"
+    return (f"## HTTP clients (issue 14, item 3)\n\nA loop of {result['count']:,} keep-alive "
+            "POSTs of 500 bytes to the sink, one process on uvloop; https: the trustme CA "
+            "verified; mtls: a client certificate the sink requires as well. CPU is the client "
+            "process's (all its threads: pyreqwest's Tokio runtime too) per request. A bare client "
+            "posts the body; `Deliverer (client)` is ferry's delivery path on that client, what a "
+            "worker runs for each message less Redis (its headers and signature, the answer "
+            "judged, errors translated).\n\n"
             + table(["client", "scheme", "concurrency", "requests/s", "client CPU µs/req",
                      "foreign load"], rows) + "\n" + missing + "\n\n" + clients_summary(result["rows"])
             + "\n\n" + CLIENT_FAILURE_MODES + "\n![clients](benchmarks/clients.png)\n")

@@ -12,7 +12,7 @@ with a schedule time, the delay from it to arrival.
     POST /reset      forget everything
     POST /reject     answered 400 and not recorded (what makes a worker dead-letter)
 
-    python -m bench.sink --port P --control-port Q [--certfile C --keyfile K]
+    python -m bench.sink --port P --control-port Q [--certfile C --keyfile K [--client-ca CA]]
 """
 
 from __future__ import annotations
@@ -135,11 +135,15 @@ def main() -> None:
     parser.add_argument("--control-port", type=int, required=True, help="plain HTTP, for /stats")
     parser.add_argument("--certfile")
     parser.add_argument("--keyfile")
+    parser.add_argument("--client-ca", help="require a client certificate of this CA (mTLS)")
     args = parser.parse_args()
     context = None
     if args.certfile:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(args.certfile, args.keyfile)
+        if args.client_ca:
+            context.load_verify_locations(args.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
     uvloop.run(serve(args.port, args.control_port, context))
 
 

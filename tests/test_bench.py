@@ -1,6 +1,7 @@
 """`python -m bench --quick` runs end to end on its smallest setting, with no bench extra.
 
-ferry, the bare aiohttp ceiling and the textbook consumer need nothing beyond the test venv:
+ferry (on pyreqwest and on aiohttp), the bare aiohttp and pyreqwest loops and the textbook
+consumer need nothing beyond the test venv:
 the harness starts Valkey, the sink and each worker, and writes the report a user reads.
 """
 
@@ -18,12 +19,13 @@ def test_quick_delivery_run_writes_the_report(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only", "delivery", "--systems", "core",
          "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=90,
+        cwd=ROOT, capture_output=True, text=True, timeout=150,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = json.loads((tmp_path / "benchmarks" / "results.json").read_text())["delivery"]["rows"]
     by_system = {row["system"]: row for row in rows}
-    assert set(by_system) == {"ceiling (bare aiohttp)", "ferry", "textbook BLMOVE/POST/LREM"}
+    assert set(by_system) == {"ceiling (bare aiohttp)", "ceiling (bare pyreqwest)", "ferry", "ferry (aiohttp)",
+                              "textbook BLMOVE/POST/LREM"}
     for row in rows:  # every message arrived once, timed by the sink
         assert row["rate"] > 0 and row["duplicates"] == 0 and row["failed"] == 0, row
     assert by_system["ceiling (bare aiohttp)"]["to_ceiling"] == 1.0

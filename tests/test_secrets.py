@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from ferry.settings import Settings
+from ferry.worker.delivery import chosen_client
 from tests.support.certs import CertFiles
 from tests.support.processes import FerryProcess, Proxy, bare_env, ferry_command, wait_until
 from tests.support.servers import RedisProcess, free_port, free_port_range
@@ -278,9 +280,13 @@ def test_delivery_errors_worker_logs_and_worker_environments_hold_no_secret(
             error = found[2]["last_error"] or ""
             return error if error.startswith(starting) else None
 
-        seen = [wait_until(lambda: last_error("ClientConnectorError"))]  # connection refused
+        # Each client's names for: connection refused, and an answer that is not HTTP (the URL in it).
+        client = chosen_client(Settings(MAIN_SERVER_URL=main_url))  # type: ignore[call-arg]
+        refused, garbled = {"aiohttp": ("ClientConnectorError", "ClientResponseError"),
+                            "pyreqwest": ("ConnectError", "DecodeError")}[client]
+        seen = [wait_until(lambda: last_error(refused))]
         server = MainServer(main_port)
-        seen.append(wait_until(lambda: last_error("ClientResponseError")))  # not HTTP: aiohttp names the URL
+        seen.append(wait_until(lambda: last_error(garbled)))
         server.mode = "500"
         seen.append(wait_until(lambda: last_error("HTTP 500")))  # the main server echoes the URL
         assert "no route for POST /hook" in seen[-1]

@@ -8,6 +8,7 @@ names its variable explicitly.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import ipaddress
 import json
 import os
@@ -78,6 +79,13 @@ class Settings(BaseSettings):
     )
     main_server_key_file: Path | None = env(
         "MAIN_SERVER_KEY_FILE", "Private key of the client certificate."
+    )
+    http_client: Literal["auto", "pyreqwest", "aiohttp"] = env(
+        "FERRY_HTTP_CLIENT",
+        "The workers' HTTP client. auto: pyreqwest where it and uvloop are installed (not Windows), unless "
+        "MAIN_SERVER_CA_FILE is set (pyreqwest adds that CA to the system's, aiohttp trusts it alone); "
+        "docs/benchmarks.md.",
+        "auto",
     )
 
     # Workers (the guide's names and defaults)
@@ -268,6 +276,13 @@ class Settings(BaseSettings):
 
             parse_redis_url(value)  # ValueError: the URL names no server, sentinels or cluster
         return value or None
+
+    @field_validator("http_client")
+    @classmethod
+    def _client_installed(cls, value: str) -> str:
+        if value == "pyreqwest" and importlib.util.find_spec("pyreqwest") is None:
+            raise ValueError("pyreqwest is not installed here (no wheel for this platform?): use auto or aiohttp")
+        return value
 
     @field_validator("main_server_url")
     @classmethod

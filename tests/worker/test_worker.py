@@ -176,12 +176,13 @@ def test_poison_pill_that_keeps_killing_workers_is_dead_lettered(
     assert dead.returns == 2 and "poison pill" in (dead.last_error or "")
 
 
+@pytest.mark.parametrize("client", ["pyreqwest", "aiohttp"])
 def test_a_delivery_that_times_out_is_retried(
-    redis_url: str, start_sink: StartSink, run_worker: RunWorker
+    client: str, redis_url: str, start_sink: StartSink, run_worker: RunWorker
 ) -> None:
     sink = start_sink("--latency-ms", "3000")
     [message_id] = enqueue(redis_url, [b"slow"])
-    run_worker(redis_url, sink.url, FERRY_DELIVERY_TIMEOUT_SECONDS=0.3)
+    run_worker(redis_url, sink.url, FERRY_DELIVERY_TIMEOUT_SECONDS=0.3, FERRY_HTTP_CLIENT=client)
 
     waiting = wait_until(lambda: (s := status(redis_url, message_id)).attempts >= 2 and s)
     assert "timed out" in (waiting.last_error or "")
@@ -221,13 +222,15 @@ def test_sigterm_under_load_stops_fetching_and_accounts_for_every_message(
     assert in_flight(redis_url, "busy") == []
 
 
+@pytest.mark.parametrize("client", ["pyreqwest", "aiohttp"])
 def test_sigterm_past_the_grace_period_gives_messages_back(
-    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+    client: str, redis_url: str, start_sink: StartSink, start_worker: StartWorker
 ) -> None:
     sink = start_sink("--latency-ms", "5000")
     ids = enqueue(redis_url, [b"m%d" % n for n in range(4)])
     worker = start_worker(
-        redis_url, sink.url, WORKER_ID="hasty", WORKER_CONCURRENCY=4, FERRY_SHUTDOWN_GRACE_SECONDS=0.5
+        redis_url, sink.url, WORKER_ID="hasty", WORKER_CONCURRENCY=4, FERRY_SHUTDOWN_GRACE_SECONDS=0.5,
+        FERRY_HTTP_CLIENT=client,
     )
     wait_until(delivering(worker, 4))
 
@@ -237,12 +240,13 @@ def test_sigterm_past_the_grace_period_gives_messages_back(
     assert all(status(redis_url, i).status == "queued" for i in ids)
 
 
+@pytest.mark.parametrize("client", ["pyreqwest", "aiohttp"])
 def test_a_second_sigterm_cuts_the_grace_period_short_and_gives_messages_back(
-    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+    client: str, redis_url: str, start_sink: StartSink, start_worker: StartWorker
 ) -> None:
     sink = start_sink("--latency-ms", "20000")
     enqueue(redis_url, [b"slow-1", b"slow-2"])
-    worker = start_worker(redis_url, sink.url, WORKER_ID="impatient", WORKER_CONCURRENCY=2)
+    worker = start_worker(redis_url, sink.url, WORKER_ID="impatient", WORKER_CONCURRENCY=2, FERRY_HTTP_CLIENT=client)
     wait_until(delivering(worker, 2))
 
     worker.signal(signal.SIGTERM)

@@ -1,4 +1,9 @@
-"""Delivery to the main server: one pooled keep-alive HTTPS client, and what an answer means."""
+"""Delivery to the main server: one pooled keep-alive HTTPS client, and what an answer means.
+
+The client is pyreqwest (ferry.adapters.pyreqwest) or aiohttp (here), per FERRY_HTTP_CLIENT;
+both keep one contract (`HttpClient`), so an answer or a failure is judged the same whichever
+carried it (tests/worker/test_delivery.py runs every failure mode against both).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,14 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import importlib.util
 import ssl
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import Enum
+from typing import Literal, Protocol
 
 import aiohttp
 
@@ -84,7 +91,7 @@ def signature_headers(key: bytes, message_id: str, body: bytes) -> dict[str, str
 
 
 def client_tls_context(settings: Settings) -> ssl.SSLContext:
-    """Verify the main server against MAIN_SERVER_CA_FILE (or the system's CAs); mTLS if given."""
+    """Verify the main server against MAIN_SERVER_CA_FILE alone (or the system's CAs); mTLS if given."""
     context = ssl.create_default_context(
         cafile=str(settings.main_server_ca_file) if settings.main_server_ca_file else None
     )
@@ -94,37 +101,113 @@ def client_tls_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the main server answered: the status, its Retry-After, the start of an error's body."""
+
+    status: int
+    retry_after: str | None
+    excerpt: bytes
+
+
+class PostFailed(Exception):
+    """No answer: the connection, TLS or the HTTP exchange failed. The message is the error to record."""
+
+
+class PostTimedOut(Exception):
+    """No answer within FERRY_DELIVERY_TIMEOUT_SECONDS."""
+
+
+class HttpClient(Protocol):
+    """One pooled keep-alive client to MAIN_SERVER_URL. Redirects are not followed, bodies are
+    not decompressed, at most ERROR_BODY_BYTES of an error's body are read; a library's errors
+    are raised as PostFailed or PostTimedOut, never as its own classes."""
+
+    async def post(self, body: bytes, headers: dict[str, str]) -> Answer: ...
+
+    async def close(self) -> None: ...
+
+
+def user_agent() -> str:
+    return f"ferry/{__version__}"
+
+
+class AiohttpClient:
+    """aiohttp: trusts MAIN_SERVER_CA_FILE alone; the fallback where pyreqwest is not used."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.main_server_url is not None
+        self.url = settings.main_server_url
+        self._timeout = aiohttp.ClientTimeout(total=settings.delivery_timeout_seconds)
+        tls = client_tls_context(settings) if self.url.startswith("https://") else None
+        connector = aiohttp.TCPConnector(limit=settings.worker_concurrency, ssl=tls or True, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            headers={"User-Agent": user_agent()},
+            auto_decompress=False,
+        )
+
+    async def post(self, body: bytes, headers: dict[str, str]) -> Answer:
+        try:
+            async with self._session.post(self.url, data=body, headers=headers, allow_redirects=False) as response:
+                excerpt = await response.content.read(ERROR_BODY_BYTES) if response.status >= 300 else b""
+                return Answer(response.status, response.headers.get("Retry-After"), excerpt)
+        except asyncio.TimeoutError as error:
+            raise PostTimedOut() from error
+        except (aiohttp.ClientError, ssl.SSLError, OSError) as error:
+            raise PostFailed(f"{type(error).__name__}: {error}") from error
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+def chosen_client(settings: Settings) -> Literal["pyreqwest", "aiohttp"]:
+    """FERRY_HTTP_CLIENT, with auto resolved: pyreqwest where it and uvloop are installed and no
+    CA file narrows trust. Under asyncio's own loop (Windows) a process that used pyreqwest 0.15
+    aborted at exit in about half the runs here (PyGILState_Release while finalizing), never under
+    uvloop; an abort is exit 134, which a supervisor takes for a crash."""
+    if settings.http_client != "auto":
+        return settings.http_client
+    if settings.main_server_ca_file is None and installed("pyreqwest") and installed("uvloop"):
+        return "pyreqwest"
+    return "aiohttp"
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def open_client(settings: Settings) -> HttpClient:
+    if chosen_client(settings) == "pyreqwest":
+        from ferry.adapters.pyreqwest import PyreqwestClient
+
+        return PyreqwestClient(settings)
+    return AiohttpClient(settings)
+
+
 class Deliverer:
     """POSTs messages to MAIN_SERVER_URL over one pool of keep-alive connections."""
 
     def __init__(self, settings: Settings) -> None:
         assert settings.main_server_url is not None
+        self.settings = settings
         self.url = settings.main_server_url
         self.signing_key = settings.signing_key
-        self._timeout = aiohttp.ClientTimeout(total=settings.delivery_timeout_seconds)
-        self._tls = client_tls_context(settings) if self.url.startswith("https://") else None
-        self._pool_size = settings.worker_concurrency
-        self._session: aiohttp.ClientSession | None = None
+        self.client_name = chosen_client(settings)
+        self._client: HttpClient | None = None
 
     async def __aenter__(self) -> Deliverer:
-        connector = aiohttp.TCPConnector(
-            limit=self._pool_size, ssl=self._tls if self._tls else True, keepalive_timeout=30
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            headers={"User-Agent": f"ferry/{__version__}"},
-            auto_decompress=False,
-        )
+        self._client = open_client(self.settings)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.close()
 
     async def deliver(self, message: Message) -> Outcome:
         """One attempt; never raises for the main server's sake, it says what happened."""
-        assert self._session is not None, "use Deliverer as an async context manager"
+        assert self._client is not None, "use Deliverer as an async context manager"
         headers = {
             "Content-Type": message.content_type,
             "X-Message-Id": message.id,
@@ -133,21 +216,15 @@ class Deliverer:
         }
         if self.signing_key is not None:
             headers |= signature_headers(self.signing_key, message.id, message.body)
-        outcome = await self._attempt(message, headers)
-        # The error becomes the message's last_error and log lines: whatever said it (aiohttp
-        # names the URL in some errors, a main server may echo it), the URL's password and
-        # query string (a token, often) are not in it.
-        return replace(outcome, error=scrub(outcome.error, self.url)) if outcome.error else outcome
-
-    async def _attempt(self, message: Message, headers: dict[str, str]) -> Outcome:
-        assert self._session is not None
         try:
-            async with self._session.post(
-                self.url, data=message.body, headers=headers, allow_redirects=False
-            ) as response:
-                body = await response.content.read(ERROR_BODY_BYTES) if response.status >= 300 else b""
-                return judge(response.status, response.headers.get("Retry-After"), body)
-        except asyncio.TimeoutError:
-            return Outcome(Verdict.RETRY, f"timed out after {self._timeout.total} s")
-        except (aiohttp.ClientError, ssl.SSLError, OSError) as error:
-            return Outcome(Verdict.RETRY, f"{type(error).__name__}: {error}")
+            answer = await self._client.post(message.body, headers)
+        except PostTimedOut:
+            return Outcome(Verdict.RETRY, f"timed out after {self.settings.delivery_timeout_seconds} s")
+        except PostFailed as error:
+            # The error becomes the message's last_error and log lines: whatever said it (a
+            # client names the URL in some errors), the URL's password and query string (a
+            # token, often) are not in it.
+            return Outcome(Verdict.RETRY, scrub(str(error), self.url))
+        outcome = judge(answer.status, answer.retry_after, answer.excerpt)
+        # A main server may echo the URL in its error's body.
+        return replace(outcome, error=scrub(outcome.error, self.url)) if outcome.error else outcome
