@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from ferry import __version__
 from ferry.observe import WorkerRecord, registered_workers, take_snapshot
 from ferry.observe.registry import Registration
-from ferry.queue import Queue
+from ferry.queue import Partitions, Queue
 from ferry.queue.connection import connect
 from ferry.queue.message import NewMessage, new_message_id
 from tests.support.inspect import client, enqueue, with_queue
@@ -87,7 +87,7 @@ def test_a_running_worker_is_listed_with_figures_that_move_and_leaves_on_a_clean
     assert any(0 < reading.processed < 20 for reading in readings)  # counted while it delivers
     assert any(reading.active > 0 for reading in readings)
     assert max(reading.active for reading in readings) <= 2
-    assert with_queue(redis_url, take_snapshot).queue.model_dump(include={"enqueued_total", "delivered_total"}) == {
+    assert with_queue(redis_url, lambda queue: take_snapshot(Partitions(queue.redis))).queue.model_dump(include={"enqueued_total", "delivered_total"}) == {
         "enqueued_total": 20, "delivered_total": 20
     }
     # The watch saw messages come in and go out, then ends on Ctrl-C with exit 0.
@@ -161,7 +161,7 @@ async def test_the_counters_count_what_was_stored_delivered_and_buried_exactly(q
     assert await queue.bury("w1", claimed[2], "HTTP 400", holder="test")
     assert await queue.retry_later("w1", claimed[3], 10**15, "HTTP 503", holder="test")
 
-    snapshot = await take_snapshot(queue)
+    snapshot = await take_snapshot(Partitions(queue.redis))
     assert (await queue.redis.hgetall(queue.keys.stats)) == {b"enqueued": b"6", b"delivered": b"2", b"dead": b"1"}
     assert snapshot.queue.model_dump() | {"oldest_age_seconds": 0} == {
         "size": 0,
@@ -172,11 +172,12 @@ async def test_the_counters_count_what_was_stored_delivered_and_buried_exactly(q
         "enqueued_total": 6,
         "delivered_total": 2,
         "dead_total": 1,
+        "partition_sizes": [0],
     }
     assert snapshot.workers == []  # w1 holds a lease but wrote no entry
 
     entry = Registration.of("w1", 4, "").entry(CollectorRegistry())
     assert await queue.heartbeat("w1", "test", 30, entry=entry)
-    [listed_now] = await registered_workers(queue)
+    [listed_now] = await registered_workers(Partitions(queue.redis))
     assert (listed_now.id, listed_now.concurrency, listed_now.pid) == ("w1", 4, os.getpid())
     assert 0 < await queue.redis.pttl(queue.keys.worker_info("w1")) <= 90_000  # three leases

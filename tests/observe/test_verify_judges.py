@@ -131,6 +131,22 @@ def test_queue_over_1000_and_growing_fails_but_over_1000_and_draining_does_not()
     assert draining.passed and draining.band == "add workers"
 
 
+def test_two_partitions_on_one_cluster_master_fail_the_queue_naming_the_one_to_move() -> None:
+    sizes = (4, 5, 6)
+    readings = [QueueReading(at=t, size=15, partition_sizes=sizes) for t in (0, 1)]
+    spread = judge_queue(readings, 300, [("message_queue", "a:1"), ("message_queue:1.9452", "b:2"), ("message_queue:2.16985", "c:3")])
+    assert spread.passed and [(p.partition, p.size, p.master) for p in spread.partitions] == [
+        (0, 4, "a:1"), (1, 5, "b:2"), (2, 6, "c:3")
+    ]
+    crowded = judge_queue(readings, 300, [("message_queue", "a:1"), ("message_queue:1.9452", "b:2"), ("message_queue:2.16985", "a:1")])
+    assert not crowded.passed
+    (problem,) = crowded.problems
+    assert (problem.code, problem.subject) == ("partitions_share_a_master", "message_queue:2.16985")
+    assert "partitions 0 and 2 are both on a:1" in problem.message
+    # Partitions on one plain Redis: nothing to reshard, nothing to fail.
+    assert judge_queue(readings, 300, [("message_queue", ""), ("q:1", ""), ("q:2", "")]).passed
+
+
 def test_an_old_message_fails_the_queue() -> None:
     check = judge_queue([reading(0, 3, oldest=400), reading(1, 3, oldest=401)], 300)
     assert [p.code for p in check.problems] == ["oldest_too_old"]

@@ -17,6 +17,8 @@ from ferry.queue.connection import connect
 from ferry.queue.keys import Keys, partition_names
 from ferry.queue.message import NewMessage, new_message_id
 
+from tests.support.processes import bare_env, ferry_command
+
 WORKER, HOLDER = "w1", "test"
 
 
@@ -179,3 +181,27 @@ async def test_a_worker_adopts_partitions_a_proxy_added_and_takes_their_lease(re
         claimed += batch
     assert Counter(m.partition for m in claimed) == {0: 2, 1: 2, 2: 2}
     await worker.close()
+
+
+async def test_the_operators_commands_show_and_handle_every_partition(three: Partitions, redis_url: str) -> None:
+    for _ in range(6):
+        await three.enqueue(new(1))
+    (message,) = await three.claim(WORKER, 1, holder=HOLDER)
+    await three.claim(WORKER, 1, holder=HOLDER)  # the next partition's turn: partition 1 buries
+    (buried,) = await three.claim(WORKER, 1, holder=HOLDER)
+    assert buried.partition == 2 and await three.bury(WORKER, buried, "410 gone", holder=HOLDER)
+
+    async def ferry(*args: str) -> str:
+        done = await asyncio.create_subprocess_exec(
+            ferry_command(), *args, "--redis-url", redis_url, env=bare_env(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await done.communicate()
+        assert done.returncode == 0, err
+        return out.decode()
+
+    watched = await ferry("queue", "watch", "--once")
+    assert "size 3" in watched and "partitions 1/1/1" in watched, watched
+    assert buried.id in await ferry("dead", "list")
+    assert "1" in await ferry("dead", "replay", buried.id)
+    assert await three.dead_size() == 0 and await three.groups[2].size() == 2

@@ -101,7 +101,8 @@ def queue_watch(
 ) -> None:
     """The queue every --interval seconds until Ctrl-C: size, messages in and out per
     second (every proxy and worker), the oldest message's age, retries scheduled,
-    dead letters, messages in flight and registered workers."""
+    dead letters, messages in flight and registered workers; with partitions, each
+    one's size too (partition 0 first)."""
     from ferry.processes.redis_url import NoRedis, run_on_queue
 
     settings = settings_from(redis_url=redis_url)
@@ -161,4 +162,10 @@ def _print_line(reading: Reading) -> None:
         f"  dead {figures.dead_letters:,}"
         f"  in flight {figures.in_flight:,}"
         f"  workers {len(reading.workers)}"
+        + _partitions(figures.partition_sizes)
     )
+
+
+def _partitions(sizes: list[int]) -> str:
+    """Each partition's backlog, when there is more than one: `  partitions 12/9/10`."""
+    return f"  partitions {'/'.join(f'{size:,}' for size in sizes)}" if len(sizes) > 1 else ""

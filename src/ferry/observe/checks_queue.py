@@ -32,6 +32,16 @@ class QueueReading:
     in_flight: int = 0
     enqueued_total: int = 0
     delivered_total: int = 0
+    partition_sizes: tuple[int, ...] = ()
+
+
+class PartitionPlace(BaseModel):
+    """Where one partition lives, and its backlog at the last sample."""
+
+    partition: int
+    name: str  # its queue name: `message_queue`, `message_queue:<p>.<k>`
+    master: str  # host:port of the master serving its slot ("" off a Cluster)
+    size: int
 
 
 class QueueCheck(BaseModel):
@@ -50,6 +60,7 @@ class QueueCheck(BaseModel):
     dead_letters: int
     new_dead_letters: int
     in_flight: int
+    partitions: list[PartitionPlace] = []
     checklist: list[ChecklistItem]
 
 
@@ -81,8 +92,12 @@ def rate(first: float, last: float, seconds: float) -> float | None:
     return (last - first) / seconds
 
 
-def judge_queue(readings: Sequence[QueueReading], max_oldest_age_seconds: float) -> QueueCheck:
-    """The verdict on the queue: fails when over 1000 and growing, or its oldest message is too old."""
+def judge_queue(
+    readings: Sequence[QueueReading], max_oldest_age_seconds: float, homes: Sequence[tuple[str, str]] = ()
+) -> QueueCheck:
+    """The verdict on the queue: fails when over 1000 and growing, its oldest message is
+    too old, or two partitions share a Cluster master (`homes`: each partition's name and
+    master)."""
     first, last = readings[0], readings[-1]
     seconds = last.at - first.at
     growth = slope([(r.at, r.size) for r in readings])
@@ -110,6 +125,11 @@ def judge_queue(readings: Sequence[QueueReading], max_oldest_age_seconds: float)
                 ),
             )
         )
+    places = [
+        PartitionPlace(partition=p, name=name, master=master, size=size)
+        for p, ((name, master), size) in enumerate(zip(homes, last.partition_sizes or (last.size,)))
+    ]
+    problems += _shared_masters(places)
     mark: Mark
     if problems and problems[0].code == "queue_piling_up":
         mark, detail = "fail", problems[0].message
@@ -133,8 +153,34 @@ def judge_queue(readings: Sequence[QueueReading], max_oldest_age_seconds: float)
         dead_letters=last.dead_letters,
         new_dead_letters=max(0, last.dead_letters - first.dead_letters),
         in_flight=last.in_flight,
+        partitions=places if len(places) > 1 else [],
         checklist=[ChecklistItem(item=QUEUE_STABLE, mark=mark, detail=detail)],
     )
+
+
+def _shared_masters(places: Sequence[PartitionPlace]) -> list[Problem]:
+    """Partitions on one master add no capacity: a Cluster whose slots were not spread
+    evenly, or a reshard since. Say which partition to move where its slot is."""
+    seen: dict[str, PartitionPlace] = {}
+    problems = []
+    for place in places:
+        if not place.master:
+            continue
+        if place.master in seen:
+            problems.append(
+                Problem(
+                    code="partitions_share_a_master",
+                    subject=place.name,
+                    message=(
+                        f"partitions {seen[place.master].partition} and {place.partition} are both on "
+                        f"{place.master}: reshard the slot of {place.name} (CLUSTER KEYSLOT {place.name}) "
+                        "to a master that holds no partition"
+                    ),
+                )
+            )
+        else:
+            seen[place.master] = place
+    return problems
 
 
 def _rounded(value: float | None) -> float | None:

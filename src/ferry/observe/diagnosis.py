@@ -33,6 +33,7 @@ class Evidence:
     cert_days: float = DEFAULT_CERT_DAYS
     queue_name: str = "message_queue"
     redis_shown: str = ""  # the Redis URL, redacted
+    partition_homes: Sequence[tuple[str, str]] = ()  # each partition's name and Cluster master
 
 
 def diagnose(

@@ -51,8 +51,9 @@ def queue_table(check: QueueCheck) -> Table:
     table = Table(title="Queue", show_header=False)
     table.add_column("figure")
     table.add_column("value")
+    size_label = "size (every partition)" if check.partitions else "size (LLEN message_queue)"
     rows = [
-        ("size (LLEN message_queue)", f"{check.size} ({check.band})"),
+        (size_label, f"{check.size} ({check.band})"),
         ("samples", " ".join(str(s) for s in check.sizes)),
         ("growth", f"{check.growth_per_second:+.1f} /s"),
         ("arrivals / deliveries", f"{_number(check.arrival_per_second)} /s in, "
@@ -61,6 +62,10 @@ def queue_table(check: QueueCheck) -> Table:
         ("in flight", str(check.in_flight)),
         ("retry schedule", f"{check.retry_scheduled} ({check.retry_growth:+d} in the window)"),
         ("dead letters", f"{check.dead_letters} ({check.new_dead_letters:+d} in the window)"),
+    ]
+    rows += [
+        (f"partition {place.partition}", f"{place.size} queued, {place.name}" + (f" on {place.master}" if place.master else ""))
+        for place in check.partitions
     ]
     for name, value in rows:
         table.add_row(name, Text(value))

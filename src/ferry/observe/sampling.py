@@ -125,6 +125,7 @@ def queue_readings(samples: Sequence[Sample]) -> list[QueueReading]:
                 in_flight=q.in_flight,
                 enqueued_total=q.enqueued_total,
                 delivered_total=q.delivered_total,
+                partition_sizes=tuple(q.partition_sizes),
             )
         )
     return readings

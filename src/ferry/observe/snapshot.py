@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel
+from redis.asyncio.cluster import RedisCluster
 
 from ferry.observe.registry import WorkerRecord, records, redis_seconds
 from ferry.queue import Partitions, Queue
@@ -70,12 +71,16 @@ async def take_snapshot(queue: Partitions) -> Snapshot:
     await queue.refresh()
     first = queue.first
     keys = first.keys
+    on_cluster = isinstance(first.redis, RedisCluster)
     async with first.redis.pipeline(transaction=False) as pipe:
-        pipe.time()
+        if not on_cluster:  # a cluster pipeline refuses TIME, a command of no key
+            pipe.time()
         pipe.lrange(keys.autoscaler_decisions, 0, DECISIONS - 1)
         pipe.smembers(keys.workers)
         _queue_figures(pipe, first)
-        time_reply, decisions, raw_ids, *first_figures = await pipe.execute()
+        replies = await pipe.execute()
+    time_reply = await _cluster_time(first) if on_cluster else replies.pop(0)
+    decisions, raw_ids, *first_figures = replies
     now = redis_seconds(time_reply)
     worker_ids = [raw.decode(errors="replace") for raw in raw_ids]
     workers, in_flight = await _workers(first, worker_ids, now)
@@ -95,6 +100,12 @@ async def take_snapshot(queue: Partitions) -> Snapshot:
         partition_sizes=[size for size, *_ in partitions],
     )
     return Snapshot(taken_at=now, queue=figures, workers=workers, autoscaler=_decisions(decisions))
+
+
+async def _cluster_time(group: Queue) -> Any:
+    """TIME on the master of the partition's slot, the clock its scripts stamp with."""
+    cluster: RedisCluster = group.redis  # type: ignore[assignment]
+    return await cluster.execute_command("TIME", target_nodes=cluster.get_node_from_key(group.keys.queue))
 
 
 def _queue_figures(pipe: Any, group: Queue) -> None:

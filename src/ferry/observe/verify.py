@@ -242,6 +242,7 @@ async def _evidence(
         cert_days=options.cert_days,
         queue_name=queue.keys.queue if queue is not None else "message_queue",
         redis_shown=shown,
+        partition_homes=queue.homes() if queue is not None else (),
     )
 
 
@@ -249,7 +250,9 @@ def judge(
     samples: Sequence[Sample], plan: Plan, options: VerifyOptions, settings: Settings, evidence: Evidence, shown: str
 ) -> Report:
     readings = queue_readings(samples)
-    queue = judge_queue(readings, options.max_oldest_age_seconds) if len(readings) >= 2 else None
+    queue = (
+        judge_queue(readings, options.max_oldest_age_seconds, evidence.partition_homes) if len(readings) >= 2 else None
+    )
     series = worker_series(samples)
     workers = None
     if options.check_workers:

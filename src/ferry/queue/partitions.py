@@ -23,6 +23,7 @@ from math import ceil
 from typing import TypeVar
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from ferry.queue.keys import Keys, partition_names
 from ferry.queue.message import DeadLetter, Message, MessageStatus, NewMessage
@@ -426,6 +427,17 @@ class Partitions:
         """Ids each partition acted on; those none of them held as dead letters, in the order given."""
         not_dead = set.intersection(*(set(h.not_dead) for h in handled))
         return Handled(sum(h.count for h in handled), tuple(i for i in dict.fromkeys(message_ids) if i in not_dead))
+
+    def homes(self) -> list[tuple[str, str]]:
+        """Each partition's queue name and the `host:port` of the master serving its slot,
+        as the cluster client's slot map says ("" off a Cluster)."""
+        if not isinstance(self.redis, RedisCluster):
+            return [(group.keys.queue, "") for group in self.groups]
+        places = []
+        for group in self.groups:
+            node = self.redis.get_node_from_key(group.keys.queue)
+            places.append((group.keys.queue, f"{node.host}:{node.port}" if node is not None else "?"))
+        return places
 
     async def ping(self) -> bool:
         return await self.first.ping()
