@@ -5,6 +5,7 @@ fair, and a move from 1 to 3 partitions on a live system that strands nothing.""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -116,3 +117,30 @@ def test_raising_the_partitions_of_a_live_system_strands_nothing(
     # Messages sent now, one to each partition, reach the idle workers waiting on all three.
     late = {three.post(b'{"late": %d}' % n)[2]["id"] for n in range(3)}
     wait_until(lambda: late <= delivered(sink).keys(), timeout=10)
+
+
+def test_a_worker_killed_holding_messages_of_every_partition_loses_none(
+    cluster_set: ClusterSet,
+    start_sink: Callable[..., Sink],
+    start_proxy: Callable[..., Proxy],
+    start_worker: Callable[..., FerryProcess],
+) -> None:
+    url = cluster_set.url
+    proxy = start_proxy(url, FERRY_PARTITIONS=3)
+    sent = [proxy.post(b'{"n": %d}' % n)[2]["id"] for n in range(12)]
+    assert min(backlog(cluster_set)) == 4
+    sink = start_sink("--latency-ms", "3000")
+    doomed = start_worker(url, sink.url, WORKER_ID="doomed", FERRY_PARTITIONS=3, WORKER_CONCURRENCY=12)
+    wait_until(lambda: backlog(cluster_set) == [0, 0, 0])  # all twelve held, in three partitions' in-flight sets
+    doomed.signal(signal.SIGKILL)
+    sink.faults(latency_ms=0)
+    start_worker(url, sink.url, WORKER_ID="rescuer", FERRY_PARTITIONS=3)
+    wait_until(lambda: set(sent) <= delivered(sink).keys(), timeout=30)
+
+    def settled(message_id: str) -> tuple[str, int]:
+        _, _, body = proxy.request("GET", f"/api/v1/messages/{message_id}")
+        return body["status"], body["attempts"]
+
+    # Delivered by the rescuer (the sink may have stored the doomed worker's sends too):
+    # its reaper took all twelve back, in each partition, for a second attempt.
+    wait_until(lambda: all(settled(message_id) == ("delivered", 2) for message_id in sent), timeout=30)
