@@ -14,6 +14,7 @@ from redis.crc import key_slot
 
 from ferry.queue import Fenced, Limits, Partitions
 from ferry.queue.connection import connect
+from ferry.queue.errors import RedisUnavailable
 from ferry.queue.keys import Keys, partition_names
 from ferry.queue.message import NewMessage, new_message_id
 
@@ -205,3 +206,24 @@ async def test_the_operators_commands_show_and_handle_every_partition(three: Par
     assert buried.id in await ferry("dead", "list")
     assert "1" in await ferry("dead", "replay", buried.id)
     assert await three.dead_size() == 0 and await three.groups[2].size() == 2
+
+
+async def test_a_partition_whose_master_is_away_is_passed_over_not_waited_on(
+    three: Partitions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(6):
+        await three.enqueue(new(1))
+    away = three.groups[1]
+
+    async def failing_over(*args: object, **kwargs: object) -> list[object]:
+        raise RedisUnavailable("partition 1's master is failing over")
+
+    monkeypatch.setattr(away, "claim", failing_over)
+    claimed = []
+    for _ in range(4):  # each claim starts past the partition that failed
+        claimed += await three.claim(WORKER, 1, holder=HOLDER)
+    assert Counter(m.partition for m in claimed) == {0: 2, 2: 2}
+    with pytest.raises(RedisUnavailable):  # nothing left but partition 1's: the worker waits it out
+        await three.claim(WORKER, 1, holder=HOLDER)
+    monkeypatch.undo()
+    assert {m.partition for m in await three.claim(WORKER, 5, holder=HOLDER)} == {1}

@@ -25,6 +25,7 @@ from typing import TypeVar
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from ferry.queue.errors import RedisFailure, RedisUnavailable, WritesRefused
 from ferry.queue.keys import Keys, partition_names
 from ferry.queue.message import DeadLetter, Message, MessageStatus, NewMessage
 from ferry.queue.queue import Enqueued, Fenced, Handled, Limits, Queue, Reaped, Snapshot
@@ -32,6 +33,8 @@ from ferry.queue.queue import Enqueued, Fenced, Handled, Limits, Queue, Reaped, 
 T = TypeVar("T")
 # How long a watch waits on an empty partition's list before it waits again.
 WATCH_SECONDS = 1.0
+# What passes a claim over to the next partition: its master away, or refusing writes.
+PASSED_OVER = (RedisUnavailable, WritesRefused)
 # Readers look for partitions added by proxies with a larger FERRY_PARTITIONS at most this often.
 REFRESH_SECONDS = 5.0
 
@@ -218,18 +221,28 @@ class Partitions:
         return await self._claim_in_turn(worker_id, limit, holder)
 
     async def _claim_in_turn(self, worker_id: str, limit: int, holder: str) -> list[Message]:
+        """Claim from the first partition in turn that gives some. One whose master is
+        away (a failover) is passed over for the next, and its error raised only when
+        no other gave any: the worker then waits it out."""
         count = len(self.groups)
-        for step in range(count):
-            partition = (self._next_claim + step) % count
+        failed: RedisFailure | None = None
+        for partition in [(self._next_claim + step) % count for step in range(count)]:
             if partition not in self._leased or partition not in self._maybe_waiting:
                 continue
-            messages = await self.groups[partition].claim(worker_id, limit, holder=holder)
+            try:
+                messages = await self.groups[partition].claim(worker_id, limit, holder=holder)
+            except PASSED_OVER as error:
+                failed = failed or error
+                self._next_claim = (partition + 1) % count  # the next try starts past it
+                continue
             if len(messages) < limit:
                 self._maybe_waiting.discard(partition)
                 self._watch(partition)
             if messages:
                 self._next_claim = (partition + 1) % count
                 return messages
+        if failed is not None:
+            raise failed
         return []
 
     def _watch(self, partition: int) -> None:
@@ -246,20 +259,22 @@ class Partitions:
         return False
 
     def _collect_watches(self) -> None:
-        """Mark the partitions whose watch saw a message; raise what a watch failed with.
+        """Mark the partitions whose watch saw a message, or failed.
 
-        A failed watch is gone, and its partition counts as possibly holding messages,
-        so the next claim looks there (and watches it again if it is empty).
+        A watch failed by Redis (its master away) counts as a message: the next claim
+        there meets the failure itself, and waits it out. Any other failure is a bug,
+        raised for the worker's loop to log.
         """
-        failed: BaseException | None = None
+        bug: BaseException | None = None
         for partition, task in list(self._watches.items()):
             if task.done():
                 del self._watches[partition]
                 self._maybe_waiting.add(partition)
-                if not task.cancelled() and task.exception() is not None:
-                    failed = failed or task.exception()
-        if failed is not None:
-            raise failed
+                error = None if task.cancelled() else task.exception()
+                if error is not None and not isinstance(error, RedisFailure):
+                    bug = bug or error
+        if bug is not None:
+            raise bug
 
     async def close(self) -> None:
         """Stop watching (a worker's last step).
