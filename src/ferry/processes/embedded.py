@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ferry import platform
 from ferry.logs import get_logger
+from ferry.queue.connection import LISTPACK_VALUE_BYTES
 
 log = get_logger(__name__)
 
@@ -39,6 +40,9 @@ PERSISTENCE = [
     "daemonize no",
     "protected-mode yes",
 ]
+# A message of up to 4 KiB is kept as a listpack, not a hashtable: a third less memory
+# (docs/storage.md, "Memory").
+STORAGE = [f"hash-max-listpack-value {LISTPACK_VALUE_BYTES}"]
 
 
 class NoEmbeddedServer(Exception):
@@ -82,7 +86,7 @@ class EmbeddedValkey:
             listen = [f"port {port}", "bind 127.0.0.1"]
             url = f"redis://127.0.0.1:{port}"
         config = self.data_dir / "valkey.conf"
-        config.write_text("\n".join([*listen, *PERSISTENCE, f"dir {self.data_dir}"]) + "\n")
+        config.write_text("\n".join([*listen, *PERSISTENCE, *STORAGE, f"dir {self.data_dir}"]) + "\n")
         with open(self.data_dir / "valkey.log", "ab") as server_log:
             self._process = subprocess.Popen(
                 [str(binary), str(config)],

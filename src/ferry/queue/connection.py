@@ -29,6 +29,11 @@ SOCKET_TIMEOUT_SECONDS = 10.0
 SENTINEL_TIMEOUT_SECONDS = 1.0
 # How long the key that `probe_writes` sets lives.
 PROBE_TTL_MS = 10_000
+# A message hash whose every value is at most this long stays a listpack: about 400 bytes
+# less per queued 500-byte message than the hashtable Redis makes past its default of 64.
+# Not more: each change to a listpack copies it whole, which costs a 16 KiB body's claim
+# and ack a third more Redis CPU (docs/storage.md, "Memory"). ferry up's Valkey sets it.
+LISTPACK_VALUE_BYTES = 4096
 # What a URL's query may set but ferry sets for the client (a URL's own option wins,
 # as with Redis.from_url, everywhere else).
 _SERVER_ONLY_OPTIONS = ("host", "port", "connection_class")
@@ -130,7 +135,8 @@ class ServerCheck:
 
 
 async def check_server(redis: Redis, allow_eviction: bool) -> ServerCheck:
-    """Refuse an evicting maxmemory-policy (it drops queued messages); warn about no persistence.
+    """Refuse an evicting maxmemory-policy (it drops queued messages); warn about no persistence,
+    and about a listpack limit that stores each message in half as much memory again.
 
     On a Cluster every master is checked: the queue's keys may live on any of them.
     """
@@ -148,8 +154,9 @@ async def check_server(redis: Redis, allow_eviction: bool) -> ServerCheck:
 
 
 async def _server_configs(redis: Redis) -> list[dict[Any, Any]]:
-    """maxmemory-policy, appendonly and save of the server, or of each of a Cluster's masters."""
-    names = ("maxmemory-policy", "appendonly", "save")
+    """maxmemory-policy, appendonly, save and the hash listpack limit (Redis 6.2 calls it
+    ziplist) of the server, or of each of a Cluster's masters."""
+    names = ("maxmemory-policy", "appendonly", "save", "hash-max-listpack-value", "hash-max-ziplist-value")
     if isinstance(redis, RedisCluster):
         per_node: dict[str, dict[Any, Any]] = {}
         for name in names:
@@ -163,7 +170,7 @@ async def _server_configs(redis: Redis) -> list[dict[Any, Any]]:
 
 
 def _judge(config: dict[Any, Any], allow_eviction: bool, check: ServerCheck) -> None:
-    policy = _text(config.get(b"maxmemory-policy", config.get("maxmemory-policy", b"")))
+    policy = _setting(config, "maxmemory-policy")
     if policy and policy != "noeviction":
         message = (
             f"Redis maxmemory-policy is {policy}: it may evict queued messages. "
@@ -172,13 +179,23 @@ def _judge(config: dict[Any, Any], allow_eviction: bool, check: ServerCheck) -> 
         if not allow_eviction:
             raise UnsafeRedis(message)
         check.warnings.append(message)
-    appendonly = _text(config.get(b"appendonly", config.get("appendonly", b"")))
-    save = _text(config.get(b"save", config.get("save", b"")))
-    if appendonly != "yes" and not save.strip():
+    if _setting(config, "appendonly") != "yes" and not _setting(config, "save").strip():
         check.warnings.append(
             "Redis keeps nothing on disk (appendonly no, no save points): "
             "a Redis restart loses every queued message"
         )
+    listpack = _setting(config, "hash-max-listpack-value") or _setting(config, "hash-max-ziplist-value")
+    if listpack.isdigit() and int(listpack) < LISTPACK_VALUE_BYTES:
+        check.warnings.append(
+            f"Redis hash-max-listpack-value is {listpack}: each message whose body is longer is kept in a "
+            f"hashtable, about 400 bytes more than a listpack; set it to {LISTPACK_VALUE_BYTES} as ferry up's "
+            "Valkey does (docs/storage.md)"
+        )
+
+
+def _setting(config: dict[Any, Any], name: str) -> str:
+    """One value of a CONFIG GET reply, whether the client decodes replies or not ('' if absent)."""
+    return _text(config.get(name.encode(), config.get(name, b"")))
 
 
 class StrictDurabilityUnsupported(UnsafeRedis):
