@@ -2,7 +2,7 @@
 
 Kinds (one module each): delivery (bench/delivery.py: ferry, the bare aiohttp ceiling, the
 textbook consumer and the peers), clients (bench/http_clients.py), ingest (bench/ingest.py),
-end_to_end (bench/end_to_end.py), cost (bench/cost.py). Writes docs/benchmarks.md, its plots
+end_to_end (bench/end_to_end.py), cost and memory (bench/cost.py). Writes docs/benchmarks.md, its plots
 under docs/benchmarks/ and the raw figures in docs/benchmarks/results.json.
 
     python -m bench [--quick] [--only KIND ...] [--systems core|all] [--runs 3] [--retries 2]
@@ -23,7 +23,7 @@ from typing import Any
 
 from bench import cost, delivery, end_to_end, harness, http_clients, ingest, report
 
-KINDS = ["clients", "ingest", "end_to_end", "cost", "delivery"]  # the longest last
+KINDS = ["clients", "ingest", "end_to_end", "cost", "memory", "delivery"]  # the longest last
 
 
 def settings(quick: bool) -> dict[str, Any]:
@@ -49,8 +49,9 @@ def gather(kind: str, s: dict[str, Any], args: argparse.Namespace) -> dict[str, 
         return ingest.run(["http", "https"], s["processes"], s["ingest_seconds"], runs, retries)
     if kind == "end_to_end":
         return end_to_end.run(s["rates"], s["e2e_seconds"], runs, retries)
-    return cost.run(s["cost_rates"], s["cost_seconds"], s["idle_seconds"], s["memory_messages"],
-                    runs, retries)
+    if kind == "memory":
+        return cost.run_memory(s["memory_messages"])
+    return cost.run(s["cost_rates"], s["cost_seconds"], s["idle_seconds"], runs, retries)
 
 
 def foreign_loads(results: dict[str, Any]) -> list[float]:

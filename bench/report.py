@@ -53,7 +53,7 @@ a venv of its own too, which the harness finds at `BENCH_ARQ_PYTHON` (default
     /tmp/venv-bench/bin/python -m bench            # this page, its plots, docs/benchmarks/results.json
     /tmp/venv-bench/bin/python -m bench --quick    # smallest settings, one run, into a temporary folder
 
-`--only delivery clients ingest end_to_end cost` picks kinds; `--systems core` runs only
+`--only delivery clients ingest end_to_end cost memory` picks kinds; `--systems core` runs only
 ferry, the ceiling and the textbook consumer (what tests/test_bench.py runs, with no extra).
 The peers run with their defaults, as a user would first deploy them (Celery's early ack,
 arq's poll delay, huey's polling consumer); each task POSTs the body with a pooled client
@@ -206,17 +206,27 @@ def e2e_section(result: dict[str, Any]) -> str:
             "![latency](benchmarks/latency.png)\n")
 
 
-def cost_section(result: dict[str, Any], drain: float | None) -> str:
+def cost_section(result: dict[str, Any] | None, drain: float | None, memory: dict[str, Any] | None) -> str:
+    """CPU (the cost kind) and memory (the memory kind), whichever were measured."""
+    parts = ["## Cost\n"]
+    if result is not None:
+        parts.append(cpu_section(result, drain))
+    if memory is not None:
+        parts.append(memory_section(memory))
+    parts.append("![cost](benchmarks/cost.png)\n")
+    return "\n".join(parts)
+
+
+def cpu_section(result: dict[str, Any], drain: float | None) -> str:
     rows = [[fmt(r["rate"]), fmt(r["cpu_us_per_message"]), fmt(r["foreign_load"], 2)]
             for r in result["rates"]]
     if drain is not None:
         rows.append(["draining a backlog (delivery, concurrency 16)", fmt(drain), "-"])
-    return ("## Cost\n\nWorker CPU (its whole session) per delivered message, from the first "
+    return ("Worker CPU (its whole session) per delivered message, from the first "
             f"enqueue to the last delivery ({result['duration']:g} s of steady load, idle polling "
             "included):\n\n" + table(["rate/s", "worker CPU µs/msg", "foreign load"], rows)
             + f"\n\nIdle, no traffic: a worker {fmt(result['idle']['worker'], 2)} % of a core, "
-            f"a proxy (`--workers 1`) {fmt(result['idle']['proxy'], 2)} %.\n\n"
-            + memory_section(result["memory"]) + "\n\n![cost](benchmarks/cost.png)\n")
+            f"a proxy (`--workers 1`) {fmt(result['idle']['proxy'], 2)} %.\n")
 
 
 def memory_section(mem: dict[str, Any]) -> str:
@@ -243,7 +253,7 @@ def memory_section(mem: dict[str, Any]) -> str:
             "\"Memory\", which weighs the alternatives against issue 14's target: the body plus 200).\n\n"
             f"Other ways to keep a queued message, {mem['count']:,} times on an empty database, "
             "with ferry's key names and the list entry (bytes/message):\n\n"
-            + table(["stored as", names["valkey"], names["redis"]], alternatives))
+            + table(["stored as", names["valkey"], names["redis"]], alternatives) + "\n")
 
 
 def plots(results: dict[str, Any], directory: Path) -> list[str]:
@@ -343,7 +353,7 @@ def write(results: dict[str, Any], path: Path, load_note: str) -> None:
         sections.append(ingest_section(results["ingest"]))
     if "end_to_end" in results:
         sections.append(e2e_section(results["end_to_end"]))
-    if "cost" in results:
-        sections.append(cost_section(results["cost"], drain_figure(results)))
+    if "cost" in results or "memory" in results:
+        sections.append(cost_section(results.get("cost"), drain_figure(results), results.get("memory")))
     sections.append(HOW_TO)
     path.write_text("\n".join(sections))
