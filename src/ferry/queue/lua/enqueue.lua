@@ -2,7 +2,8 @@
 -- enqueue: for each message, check its idempotency key, the queue's cap and its
 -- API key's rate; then store its hash and push its id. One atomic step, so a
 -- message is either wholly queued or not at all, and checks cannot race.
--- KEYS[1] queue, KEYS[2] queue-wide counters (`enqueued` += messages stored)
+-- KEYS[1] queue, KEYS[2] queue-wide counters (`enqueued` += messages stored,
+--   `answered_again` += messages answered from a copy stored earlier)
 -- ARGV: message prefix, now (ms), queue cap (0: none), idempotency prefix,
 --       idempotency ttl (s), all-or-nothing ('1'/'0'), rate bucket prefix,
 --       rate (per s, 0: none), bucket capacity, then per message:
@@ -61,8 +62,19 @@ local function status_of(id)
   return redis.call('HGET', key, 'status') or ''
 end
 
+-- A call that answers from a copy stored earlier (a call retried after a lost connection,
+-- a resend of an Idempotency-Key) writes all the same: strict mode's WAITAOF, behind the
+-- script on its connection, waits for that connection's own writes only, and a connection
+-- that wrote nothing would have it confirm at once what no disk may hold yet.
+local function answered_again(n)
+  redis.call('HINCRBY', KEYS[2], 'answered_again', n)
+end
+
 if all_or_nothing then
-  if stored(ARGV[FIRST]) then return {} end -- the batch is stored whole, or not at all
+  if stored(ARGV[FIRST]) then -- the batch is stored whole, or not at all
+    answered_again(count)
+    return {}
+  end
   if cap > 0 and length + count > cap then return refuse_all('full', '') end
   local wait = take_tokens(ARGV[FIRST + 4], count)
   if wait > 0 then return refuse_all('limited', wait) end
@@ -70,7 +82,7 @@ end
 
 local results = {}
 local all_queued = true
-local stored_now = 0
+local stored_now, stored_before = 0, 0
 for i = 0, count - 1 do
   local base = FIRST + FIELDS * i
   local id, body, content_type = ARGV[base], ARGV[base + 1], ARGV[base + 2]
@@ -79,9 +91,10 @@ for i = 0, count - 1 do
   local outcome, detail, status = 'queued', id, 'queued'
   local existing = idempotency ~= '' and redis.call('GET', idempotency_key)
   if existing == id or stored(id) then
-    -- stored by an earlier run of this call: nothing more to do
+    stored_before = stored_before + 1 -- by an earlier run of this call: nothing more to do
   elseif existing then
     outcome, detail, status = 'existing', existing, status_of(existing)
+    stored_before = stored_before + 1
   elseif cap > 0 and length >= cap then
     outcome, detail, status = 'full', '', ''
   else
@@ -105,5 +118,6 @@ for i = 0, count - 1 do
   all_queued = all_queued and outcome == 'queued'
 end
 if stored_now > 0 then redis.call('HINCRBY', KEYS[2], 'enqueued', stored_now) end
+if stored_before > 0 then answered_again(stored_before) end
 if all_queued then return {} end
 return results
