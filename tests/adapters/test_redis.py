@@ -1,4 +1,5 @@
-"""Canary: redis-py still packs commands through `pack_command`, and hiredis packs them as it does.
+"""Canary: redis-py still packs commands through `pack_command`, and hiredis packs them as it does;
+the cluster client's internals that ferry uses are still there.
 
 If a redis-py release renames the hook or stops calling it, or hiredis packs a value
 differently, these fail: ferry would otherwise silently lose the speed-up, or send
@@ -7,13 +8,17 @@ wrong bytes.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
+from redis.asyncio.cluster import ClusterNode, NodesManager, PipelineCommand
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.connection import HiredisRespSerializer, PythonRespSerializer
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import SlotNotCoveredError
 
-from ferry.adapters.redis import HiredisPacking, hiredis_packed
+from ferry.adapters.redis import FerryRedisCluster, HiredisPacking, hiredis_packed
 from ferry.queue.connection import connect
 
 ARGUMENTS: list[tuple[Any, ...]] = [
@@ -56,3 +61,21 @@ async def test_redis_py_sends_commands_through_the_packing_hook(
     finally:
         await redis.aclose()
     assert ("SET", "canary", b"\r\nvalue") in packed
+
+
+def test_the_cluster_internals_ferry_reaches_into_are_still_there() -> None:
+    """`FerryRedisCluster.pipeline_on_master_of` and its mending of node roles use these
+    (src/ferry/adapters/redis.py); tests/scaling/test_cluster.py and test_cluster_failover.py
+    check what they do on a real Cluster. redis-py 8.0 made `move_slot` a coroutine."""
+    command = PipelineCommand(0, "WAITAOF", 1, 0, 100)
+    assert (command.args, command.kwargs, command.result) == (("WAITAOF", 1, 0, 100), {}, None)
+    assert inspect.iscoroutinefunction(ClusterNode.execute_pipeline)
+    assert inspect.iscoroutinefunction(ClusterNode.disconnect_free_connections)
+    assert callable(ClusterNode.update_active_connections_for_reconnect)
+    assert not inspect.iscoroutinefunction(NodesManager.move_slot)
+    assert not inspect.iscoroutinefunction(NodesManager.move_node_to_end_of_cached_nodes)
+    assert {"slots_cache", "nodes_cache", "default_node"} <= set(NodesManager.__slots__)
+    client = FerryRedisCluster(host="127.0.0.1", port=1)  # connects only when first used
+    assert client._initialize is True
+    assert isinstance(client.RedisClusterRequestTTL, int) and client.RedisClusterRequestTTL > 1
+    assert {RedisConnectionError, SlotNotCoveredError} <= set(client.ERRORS_ALLOW_RETRY)

@@ -1,4 +1,4 @@
-"""Strict mode with replicas (FERRY_STRICT_REPLICAS): what a 202 waits for.
+"""Strict mode with replicas (FERRY_STRICT_REPLICAS): what a 202 waits for, what a proxy says at start.
 
 A Valkey master and one replica; the replica is stopped (SIGSTOP) where it must not
 confirm anything, as a replica behind a stalled disk or network would be.
@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from ferry.queue import NotDurable, Queue
 from ferry.queue.connection import connect
 from ferry.queue.message import NewMessage, new_message_id
-from tests.support.processes import wait_until
+from tests.support.processes import Proxy, wait_until
 from tests.support.servers import RedisProcess
 
 
@@ -71,3 +71,19 @@ def test_an_answer_from_a_copy_stored_earlier_waits_for_that_copys_replica(
     assert asyncio.run(_enqueue_strict(server.url, _message("invoice-1"))) == "existing"
     assert asyncio.run(_enqueue_strict(server.url, first)) == "queued"
 
+
+def test_a_strict_proxy_warns_at_start_when_the_master_has_fewer_replicas_than_it_waits_for(
+    master: tuple[RedisProcess, RedisProcess], start_proxy: Callable[..., Proxy]
+) -> None:
+    server, _ = master
+    short = start_proxy(server.url, FERRY_DURABILITY="strict", FERRY_STRICT_REPLICAS=2)
+    enough = start_proxy(server.url, FERRY_DURABILITY="strict", FERRY_STRICT_REPLICAS=1)
+    warning = (
+        "FERRY_STRICT_REPLICAS=2 but the master has 1 connected replica: "
+        "strict messages are answered 503 until 2 are connected"
+    )
+    assert warning in short.log()
+    status, _, body = short.post(b'{"n": 1}')
+    assert status == 503 and body["error"] == "redis_unavailable", body
+    assert "FERRY_STRICT_REPLICAS" not in enough.log()
+    assert enough.post(b'{"n": 2}')[0] == 202

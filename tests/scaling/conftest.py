@@ -27,4 +27,4 @@ def sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelS
 
 @pytest.fixture(scope="module")
 def cluster_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSet]:
-    yield from _running(ClusterSet(tmp_path_factory.mktemp("cluster")))
+    yield from _running(ClusterSet(tmp_path_factory.mktemp("cluster"), replicas=1))

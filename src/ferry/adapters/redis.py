@@ -17,21 +17,31 @@ sentinels for the master at every new connection, and its connections turn a
 READONLY reply (a master demoted under them) into a dropped connection, which
 the client's retries answer by asking again; `RedisCluster` follows MOVED and
 ASK and maps the slots again after a failover. `FerryRedisCluster` translates
-its errors as `FerryRedis` does.
+its errors as `FerryRedis` does, and sends commands that must share a connection
+(a script and the WAITAOF behind it) down one connection of the master of a
+slot, which redis-py's cluster pipeline does not (`pipeline_on_master_of`). The
+internals that uses: `ClusterNode.execute_pipeline` with `PipelineCommand`s
+(one connection, replies or errors per command), the client's `nodes_manager`
+(`move_slot` on MOVED, `move_node_to_end_of_cached_nodes` on a lost connection),
+its `_initialize` flag (map the slots again), `RedisClusterRequestTTL` and
+`ERRORS_ALLOW_RETRY`.
 
 Canaries: tests/adapters/test_redis.py, tests/queue/test_redis_errors.py
 (errors of commands, pipelines and scripts; scripts loaded again after SCRIPT FLUSH),
-and tests/scaling/ (a real Sentinel failover, a real 3-master Cluster).
+and tests/scaling/ (a real Sentinel failover, a real Cluster: its redirections,
+NOSCRIPT and failover under `pipeline_on_master_of` in test_cluster.py and
+test_cluster_failover.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, PipelineCommand, RedisCluster
 from redis.asyncio.connection import (
     AbstractConnection,
     Connection,
@@ -41,7 +51,17 @@ from redis.asyncio.connection import (
 from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 from redis.commands.core import AsyncScript
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import NoScriptError
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    MovedError,
+    NoScriptError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT
 
 from ferry.queue.errors import translate
 
@@ -192,6 +212,90 @@ class FerryRedisCluster(RedisCluster):
     def register_script(self, script: str | bytes) -> FerryScript:  # type: ignore[override]
         return FerryScript(self, script)  # type: ignore[arg-type]  # it sends EVALSHA and SCRIPT LOAD only
 
+    async def pipeline_on_master_of(
+        self, key: str, *commands: Sequence[EncodableT], script: AsyncScript | None = None
+    ) -> list[Any]:
+        """The replies of `commands`, sent down one connection of the master that serves the slot
+        of `key` (the first command's keys must share that slot); errors among them returned as
+        ferry's kinds.
+
+        For commands that must share a connection: WAITAOF waits for the writes of its own.
+        redis-py's cluster pipeline sends a keyless command to a node of its choosing, and a
+        redirected one down a connection of its own. Here the whole lot is sent again when the
+        first command is redirected: to the node a MOVED names (the slot map patched, as the
+        client does), or after ASKING to the one an ASK names; after NOSCRIPT, with `script`
+        (the one the first command runs) loaded there. A lost connection, or a cluster down,
+        maps the slots again and is tried as often more as the client's `retry` says, as
+        `execute_command` does; then it is raised.
+        """
+        retries = self.retry.get_retries()
+        while True:
+            try:
+                return await self._on_master_of(key, commands, script)
+            except self.ERRORS_ALLOW_RETRY as error:
+                lost = isinstance(error, (RedisConnectionError, RedisTimeoutError))
+                if not lost:  # a cluster down, a slot uncovered: mapped again, as the client does
+                    await self.aclose()
+                if retries <= 0:
+                    raise translate(error) from error
+                retries -= 1
+                await asyncio.sleep(0 if lost else 0.25)
+            except Exception as error:
+                raise translate(error) from error
+
+    async def _on_master_of(
+        self, key: str, commands: Sequence[Sequence[EncodableT]], script: AsyncScript | None
+    ) -> list[Any]:
+        await self.initialize()  # the slots mapped again, after a lost connection
+        node = self.get_node_from_key(key)
+        asking = False
+        for _ in range(self.RedisClusterRequestTTL):
+            if node is None:
+                raise SlotNotCoveredError(  # type: ignore[no-untyped-call]
+                    f"no node known for the slot of {key!r}"
+                )
+            sent = [("ASKING",), *commands] if asking else commands
+            try:
+                replies = await self._down_one_connection(node, sent)
+                for reply in replies:
+                    if isinstance(reply, self.ERRORS_ALLOW_RETRY):
+                        raise reply
+            except (RedisConnectionError, RedisTimeoutError):
+                await self._after_losing(node)
+                raise
+            replies = replies[1:] if asking else replies
+            first = replies[0]
+            if isinstance(first, MovedError):
+                self.nodes_manager.move_slot(first)
+                node, asking = self.get_node_from_key(key), False
+            elif isinstance(first, AskError):
+                node, asking = self.get_node(host=first.host, port=first.port), True
+                if node is None:  # a node the map does not know yet
+                    self._initialize = True
+            elif isinstance(first, NoScriptError) and script is not None:
+                await node.execute_command("SCRIPT", "LOAD", script.script)
+            elif isinstance(first, TryAgainError):  # keys of the slot half moved (a reshard)
+                await asyncio.sleep(0.05)
+            else:
+                return [translate(each) if isinstance(each, Exception) else each for each in replies]
+        raise ClusterError("TTL exhausted.")
+
+    @staticmethod
+    async def _down_one_connection(
+        node: ClusterNode, commands: Sequence[Sequence[EncodableT]]
+    ) -> list[Any]:
+        """Each command's reply or error, all sent down one connection of `node`."""
+        stack = [PipelineCommand(position, *command) for position, command in enumerate(commands)]
+        await node.execute_pipeline(stack)
+        return [command.result for command in stack]
+
+    async def _after_losing(self, node: ClusterNode) -> None:
+        """What `execute_command` does when a node's connection is lost (a failover under way):
+        its connections opened again, the node asked last when the slots are mapped again."""
+        node.update_active_connections_for_reconnect()
+        await node.disconnect_free_connections()
+        self.nodes_manager.move_node_to_end_of_cached_nodes(node.name)
+        self._initialize = True
 
 class FerryClusterPipeline(ClusterPipeline):
     """A cluster pipeline whose errors, raised or returned, are ferry's kinds."""

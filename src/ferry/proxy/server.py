@@ -102,7 +102,7 @@ async def check_redis(settings: Settings, redis_url: str) -> None:
     try:
         check = await check_server(redis, settings.allow_evicting_redis)
         if settings.durability == "strict":
-            await check_strict_durability(redis)
+            check.warnings += await check_strict_durability(redis, settings.strict_replicas)
     except RedisUnavailable as error:
         log.warning("redis unavailable at start: answering 503 until it is back", error=str(error))
         return

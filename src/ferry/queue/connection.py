@@ -6,6 +6,7 @@ what a URL names): one server, the master that Sentinel names, or a Cluster.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -15,10 +16,11 @@ from redis.asyncio.connection import Connection, ConnectionPool, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ConnectionError, SlotNotCoveredError, TimeoutError
 
 from ferry.adapters.redis import FerryRedis, FerryRedisCluster, hiredis_packed
 from ferry.queue.errors import RedisBug, WritesRefused
+from ferry.queue.keys import Keys
 from ferry.queue.message import now_ms
 from ferry.queue.topology import Topology, parse_redis_url
 
@@ -202,23 +204,66 @@ class StrictDurabilityUnsupported(UnsafeRedis):
     """FERRY_DURABILITY=strict needs WAITAOF and an append-only file."""
 
 
-async def check_strict_durability(redis: Redis) -> None:
-    """Strict mode fsyncs every acknowledged message with WAITAOF (Redis 7.2+, Valkey)."""
-    if isinstance(redis, RedisCluster):
-        raise StrictDurabilityUnsupported(
-            "FERRY_DURABILITY=strict is not built for redis+cluster:// yet (WAITAOF must follow "
-            "the enqueue on the node of the queue's slot); use normal durability, or Sentinel"
-        )
+async def check_strict_durability(
+    redis: Redis, replicas: int = 0, queues: Sequence[str] = (Keys().queue,)
+) -> list[str]:
+    """Strict mode fsyncs every acknowledged message with WAITAOF (Redis 7.2+, Valkey), on the
+    master that holds the queue: on a Cluster, the master of each queue's slot.
+
+    Returns warnings: a master with fewer connected replicas than `replicas` now, whose
+    strict enqueues are answered 503 until that many are connected.
+    """
+    warnings = []
+    for master, (fsynced, info) in (await _probe_masters(redis, queues)).items():
+        if isinstance(fsynced, RedisBug):  # an unknown command, or no append-only file
+            if "replica" in str(fsynced).lower():
+                # A replica (a demoted master the sentinels still named a moment ago) refuses
+                # WAITAOF: writes refused for now, as READONLY is, not a Redis without WAITAOF.
+                raise WritesRefused(str(fsynced))
+            raise StrictDurabilityUnsupported(
+                "FERRY_DURABILITY=strict needs WAITAOF with appendonly yes (Redis 7.2+ or Valkey): "
+                f"{fsynced}"
+            )
+        if isinstance(fsynced, Exception):
+            raise fsynced
+        connected = int(info.get("connected_slaves", 0))
+        if connected < replicas:
+            warnings.append(
+                f"FERRY_STRICT_REPLICAS={replicas} but {master} has {connected} connected "
+                f"replica{'' if connected == 1 else 's'}: strict messages are answered 503 "
+                f"until {replicas} are connected"
+            )
+    return warnings
+
+
+async def _probe_masters(
+    redis: Redis, queues: Sequence[str]
+) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """A short WAITAOF's reply (or error) and INFO replication, from each master of `queues`."""
+    probe = ("WAITAOF", 1, 0, 100)
+    if isinstance(redis, FerryRedisCluster):
+        probed: dict[str, tuple[Any, dict[str, Any]]] = {}
+        for queue in queues:
+            # EXISTS first: a keyed command, which a node that does not serve the slot redirects.
+            _, fsynced, info = await redis.pipeline_on_master_of(
+                queue, ("EXISTS", queue), probe, ("INFO", "replication")
+            )
+            probed[_master_name(redis, queue)] = (fsynced, info if isinstance(info, dict) else {})
+        return probed
     try:
-        await redis.execute_command("WAITAOF", 1, 0, 100)  # type: ignore[no-untyped-call]
-    except RedisBug as error:  # an unknown command, or no append-only file
-        if "replica" in str(error).lower():
-            # A replica (a demoted master the sentinels still named a moment ago) refuses
-            # WAITAOF: writes refused for now, as READONLY is, not a Redis without WAITAOF.
-            raise WritesRefused(str(error)) from None
-        raise StrictDurabilityUnsupported(
-            f"FERRY_DURABILITY=strict needs WAITAOF with appendonly yes (Redis 7.2+ or Valkey): {error}"
-        ) from None
+        fsynced = await redis.execute_command(*probe)  # type: ignore[no-untyped-call]
+    except RedisBug as error:
+        return {"the master": (error, {})}
+    return {"the master": (fsynced, await redis.info("replication"))}
+
+
+def _master_name(redis: FerryRedisCluster, queue: str) -> str:
+    """The master that serves `queue` in the slots just mapped, for a warning."""
+    try:
+        node = redis.get_node_from_key(queue)
+    except SlotNotCoveredError:  # mapped again meanwhile
+        node = None
+    return f"the master {node.name}" if node is not None else f"the master of {queue}"
 
 
 async def probe_writes(redis: Redis, key: str) -> None:

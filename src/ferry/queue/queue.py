@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
+from ferry.adapters.redis import FerryRedisCluster
 from ferry.queue.errors import RedisUnavailable
 from ferry.queue.keys import Keys
 from ferry.queue.message import DeadLetter, Message, MessageStatus, NewMessage, id_time_ms, now_ms
@@ -213,10 +214,18 @@ class Queue:
 
     async def _enqueue_fsynced(self, args: list[str | bytes | int | float], replicas: int) -> list[bytes]:
         # WAITAOF waits for the writes of its own connection: one pipeline, one connection.
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await self._enqueue(keys=[self.keys.queue, self.keys.stats], args=args, client=pipe)
-            pipe.execute_command("WAITAOF", 1, replicas, FSYNC_TIMEOUT_MS)
-            reply, fsynced = await pipe.execute(raise_on_error=False)
+        keys = [self.keys.queue, self.keys.stats]
+        wait = ("WAITAOF", 1, replicas, FSYNC_TIMEOUT_MS)
+        if isinstance(self.redis, FerryRedisCluster):  # to the master of this queue's slot
+            evalsha = ("EVALSHA", self._enqueue.sha, len(keys), *keys, *args)
+            reply, fsynced = await self.redis.pipeline_on_master_of(
+                self.keys.queue, evalsha, wait, script=self._enqueue
+            )
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._enqueue(keys=keys, args=args, client=pipe)
+                pipe.execute_command(*wait)
+                reply, fsynced = await pipe.execute(raise_on_error=False)
         if isinstance(reply, Exception):
             raise reply
         if isinstance(fsynced, Exception):  # e.g. appendonly turned off meanwhile
