@@ -24,7 +24,8 @@ internals that uses: `ClusterNode.execute_pipeline` with `PipelineCommand`s
 (one connection, replies or errors per command), the client's `nodes_manager`
 (`move_slot` on MOVED, `move_node_to_end_of_cached_nodes` on a lost connection),
 its `_initialize` flag (map the slots again), `RedisClusterRequestTTL` and
-`ERRORS_ALLOW_RETRY`.
+`ERRORS_ALLOW_RETRY`; and, to mend the roles redis-py 7.4 leaves stale after a
+failover, the `nodes_manager`'s `slots_cache`, `nodes_cache` and `default_node`.
 
 Canaries: tests/adapters/test_redis.py, tests/queue/test_redis_errors.py
 (errors of commands, pipelines and scripts; scripts loaded again after SCRIPT FLUSH),
@@ -49,6 +50,7 @@ from redis.asyncio.connection import (
     UnixDomainSocketConnection,
 )
 from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
+from redis.cluster import PRIMARY, REPLICA
 from redis.commands.core import AsyncScript
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import (
@@ -202,6 +204,34 @@ class FerryScript(AsyncScript):
 
 class FerryRedisCluster(RedisCluster):
     """redis-py's cluster client, raising only ferry's kinds of error, as `FerryRedis` does."""
+
+    async def initialize(self) -> FerryRedisCluster:
+        """Map the slots (again), and mark each known node with the role it has now.
+
+        redis-py 7.4 keeps a node it knew before a failover with its old role (8.0's
+        `NodesManager.set_nodes` copies the new one): a promoted replica stayed out of
+        `get_primaries()`, so SCRIPT LOAD, sent to every primary, never reached it, and
+        every script on it failed NOSCRIPT for good (measured: workers and proxies stalled
+        for as long as the test ran, tests/scaling/test_cluster_failover.py).
+        """
+        mapping = self._initialize
+        await super().initialize()
+        if mapping:
+            self._mark_roles()
+        return self
+
+    def _mark_roles(self) -> None:
+        roles: dict[str, str] = {}
+        shards = {id(nodes): nodes for nodes in self.nodes_manager.slots_cache.values()}
+        for nodes in shards.values():  # a shard's list serves each of its slots
+            roles[nodes[0].name] = PRIMARY
+            for replica in nodes[1:]:
+                roles.setdefault(replica.name, REPLICA)
+        for name, node in self.nodes_manager.nodes_cache.items():
+            node.server_type = roles.get(name, node.server_type)
+        default = self.nodes_manager.default_node
+        if default is not None and default.server_type != PRIMARY and self.get_primaries():
+            self.nodes_manager.default_node = self.get_primaries()[0]
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         return await _translated(super().execute_command(*args, **options), args)
