@@ -129,6 +129,29 @@ def test_a_strict_proxy_answers_202_once_the_queues_master_and_its_replica_fsync
     assert "FERRY_STRICT_REPLICAS" not in proxy.log() and PASSWORD not in proxy.log()
 
 
+def test_a_strict_proxy_with_a_partition_per_master_waits_on_each_partitions_master(
+    cluster_set: ClusterSet,
+    start_sink: Callable[..., Sink],
+    start_proxy: Callable[..., Proxy],
+    start_worker: Callable[..., FerryProcess],
+) -> None:
+    """FERRY_PARTITIONS=3: each partition's slot on another master, and each strict enqueue's
+    WAITAOF on the master of its own partition, so every master confirms its share."""
+    waits_before = {node.port: _waits(node) for node in cluster_set.masters()}
+    sink = start_sink()
+    start_worker(cluster_set.url, sink.url, WORKER_ID="partitions", FERRY_PARTITIONS=3)
+    proxy = start_proxy(cluster_set.url, FERRY_DURABILITY="strict", FERRY_STRICT_REPLICAS=1, FERRY_PARTITIONS=3)
+    answered = []
+    for number in range(6):
+        status, _, body = proxy.post(b'{"n": %d}' % number)
+        assert status == 202, body
+        answered.append(body["id"])
+    wait_until(lambda: set(answered) <= delivered(sink).keys(), timeout=30)
+    for node in cluster_set.masters():
+        assert _waits(node) > waits_before[node.port], f"no WAITAOF on the master on port {node.port}"
+    assert "FERRY_STRICT_REPLICAS" not in proxy.log()
+
+
 def test_a_strict_proxy_warns_at_start_when_the_queues_master_has_fewer_replicas(
     cluster_set: ClusterSet, start_proxy: Callable[..., Proxy]
 ) -> None:

@@ -23,6 +23,7 @@ from ferry.queue.connection import (
     connect,
 )
 from ferry.queue.errors import RedisUnavailable, WritesRefused
+from ferry.queue.keys import Keys, partition_names
 from ferry.settings import Settings
 
 log = get_logger(__name__)
@@ -102,7 +103,8 @@ async def check_redis(settings: Settings, redis_url: str) -> None:
     try:
         check = await check_server(redis, settings.allow_evicting_redis)
         if settings.durability == "strict":
-            check.warnings += await check_strict_durability(redis, settings.strict_replicas)
+            queues = partition_names(Keys().queue, settings.partitions)  # the master of each partition
+            check.warnings += await check_strict_durability(redis, settings.strict_replicas, queues)
     except RedisUnavailable as error:
         log.warning("redis unavailable at start: answering 503 until it is back", error=str(error))
         return
