@@ -68,3 +68,15 @@ async def test_a_cancelled_caller_does_not_stall_the_others() -> None:
     assert await asyncio.wait_for(second, 1) == 2
     with pytest.raises(asyncio.CancelledError):
         await first
+
+
+async def test_an_exception_among_the_results_is_raised_to_its_own_caller_alone() -> None:
+    async def send(items: list[int]) -> list[int | Exception]:
+        await asyncio.sleep(0.01)
+        return [ValueError(f"partition of {item} away") if item % 3 == 1 else item for item in items]
+
+    coalescer: Coalescer[int, int] = Coalescer(send)
+    results = await asyncio.gather(*(coalescer.submit(n) for n in range(9)), return_exceptions=True)
+    assert [type(r).__name__ if isinstance(r, Exception) else r for r in results] == [
+        0, "ValueError", 2, 3, "ValueError", 5, 6, "ValueError", 8
+    ]

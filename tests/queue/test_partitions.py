@@ -227,3 +227,18 @@ async def test_a_partition_whose_master_is_away_is_passed_over_not_waited_on(
         await three.claim(WORKER, 1, holder=HOLDER)
     monkeypatch.undo()
     assert {m.partition for m in await three.claim(WORKER, 5, holder=HOLDER)} == {1}
+
+
+async def test_concurrent_messages_of_a_partition_whose_master_is_away_fail_alone(
+    three: Partitions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def failing_over(*args: object, **kwargs: object) -> list[object]:
+        raise RedisUnavailable("partition 1's master is failing over")
+
+    monkeypatch.setattr(three.groups[1], "enqueue", failing_over)
+    pinned = [new(1, partition_key=f"k{n}")[0] for n in range(12)]
+    results = await three.enqueue_each(pinned)
+    failed = [r for r in results if isinstance(r, RedisUnavailable)]
+    assert failed and len(failed) < len(results)
+    assert all(r.outcome == "queued" for r in results if not isinstance(r, RedisUnavailable))
+    assert await three.size() == len(results) - len(failed)

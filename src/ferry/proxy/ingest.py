@@ -228,7 +228,11 @@ class Ingest:
             rate_capacity=settings.rate_limit_capacity,
             idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
         )
-        self.enqueuer: Coalescer[NewMessage, Enqueued] = Coalescer(self._store)
+        # Concurrent requests share one call; a partition's failure is its own messages' alone.
+        self.enqueuer: Coalescer[NewMessage, Enqueued] = Coalescer(self._store_each)
+
+    async def _store_each(self, messages: list[NewMessage]) -> list[Enqueued | RedisFailure]:
+        return await self.queue.enqueue_each(messages, self.limits, fsync=self.strict, replicas=self.strict_replicas)
 
     async def _store(self, messages: list[NewMessage], all_or_nothing: bool = False) -> list[Enqueued]:
         return await self.queue.enqueue(

@@ -19,10 +19,14 @@ Result = TypeVar("Result")
 
 
 class Coalescer(Generic[Item, Result]):
-    """Runs `send(items) -> results` (in order) for batches of concurrent `submit`s."""
+    """Runs `send(items) -> results` (in order) for batches of concurrent `submit`s.
+
+    A result that is an exception is raised to its own caller alone; an exception
+    `send` raises, to every caller of the batch.
+    """
 
     def __init__(
-        self, send: Callable[[list[Item]], Awaitable[Sequence[Result]]], max_batch: int = 500
+        self, send: Callable[[list[Item]], Awaitable[Sequence[Result | Exception]]], max_batch: int = 500
     ) -> None:
         self._send = send
         self._max_batch = max_batch
@@ -60,7 +64,11 @@ class Coalescer(Generic[Item, Result]):
             _fail(futures, error)
             raise
         for future, result in zip(futures, results, strict=True):
-            if not future.done():
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
                 future.set_result(result)
 
 

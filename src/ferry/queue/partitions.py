@@ -130,6 +130,31 @@ class Partitions:
                 results[i] = result
         return results  # type: ignore[return-value]  # every index is in one partition
 
+    async def enqueue_each(
+        self, messages: Sequence[NewMessage], limits: Limits = Limits(), *, fsync: bool = False, replicas: int = 0
+    ) -> list[Enqueued | RedisFailure]:
+        """`enqueue` of unrelated messages (concurrent requests): a partition whose master
+        fails answers its own messages with the failure, and the others are stored."""
+        if len(self.groups) == 1:
+            return list(await self.first.enqueue(messages, limits, fsync=fsync, replicas=replicas))
+        await self.record()
+        by_partition = self._spread(messages, all_or_nothing=False)
+        shares = self._share(limits)
+        replies = await asyncio.gather(
+            *(
+                self.groups[partition].enqueue([messages[i] for i in indexes], shares, fsync=fsync, replicas=replicas)
+                for partition, indexes in by_partition.items()
+            ),
+            return_exceptions=True,
+        )
+        results: list[Enqueued | RedisFailure | None] = [None] * len(messages)
+        for indexes, reply in zip(by_partition.values(), replies):
+            if isinstance(reply, BaseException) and not isinstance(reply, RedisFailure):
+                raise reply
+            for position, i in enumerate(indexes):
+                results[i] = reply if isinstance(reply, RedisFailure) else reply[position]
+        return results  # type: ignore[return-value]  # every index is in one partition
+
     def _spread(self, messages: Sequence[NewMessage], all_or_nothing: bool) -> dict[int, list[int]]:
         """Which messages (by index) go to which partition."""
         pinned = [self._pinned(message) for message in messages]
