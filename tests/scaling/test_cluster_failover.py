@@ -136,7 +136,7 @@ def test_queue_master_sigkilled_under_load_strict_replicas_lose_nothing_and_norm
     assert listed.returncode == 0, listed.stderr
 
 
-def test_a_partitions_master_sigkilled_strict_loses_nothing_and_the_other_partitions_carry_on(
+def test_a_partitions_master_sigkilled_under_a_strict_load_loses_nothing(
     cluster: ClusterSet,
     start_sink: Callable[..., Sink],
     start_proxy: Callable[..., Proxy],
