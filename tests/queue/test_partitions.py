@@ -242,3 +242,17 @@ async def test_concurrent_messages_of_a_partition_whose_master_is_away_fail_alon
     assert failed and len(failed) < len(results)
     assert all(r.outcome == "queued" for r in results if not isinstance(r, RedisUnavailable))
     assert await three.size() == len(results) - len(failed)
+
+
+async def test_a_retry_waits_and_comes_back_in_its_own_partition(three: Partitions) -> None:
+    for _ in range(3):
+        await three.enqueue(new(1))
+    claimed = [(await three.claim(WORKER, 1, holder=HOLDER))[0] for _ in range(3)]
+    failing = next(m for m in claimed if m.partition == 2)
+    assert await three.retry_later(WORKER, failing, 0, "503 busy", holder=HOLDER)
+    assert await three.promote_due() == 1
+    assert await sizes(three) == [0, 0, 1]
+    (again,) = await three.claim(WORKER, 5, holder=HOLDER)
+    assert (again.id, again.partition, again.attempt) == (failing.id, 2, 2)
+    status = await Partitions(three.redis).status(failing.id)
+    assert status is not None and status.last_error == "503 busy"
