@@ -49,6 +49,8 @@ BODY_SIZE = 500
 RATES = (10, 100, 500)
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 TICKS = os.sysconf("SC_CLK_TCK")
+# What --floor times, one at a time (see `floor`).
+FLOORS = ("POST aiohttp", "POST pyreqwest", "script call", "3 pipelined", "3 on a lane")
 
 
 def body(scheduled: float) -> bytes:
@@ -209,9 +211,12 @@ def profile(pid: int, path: str) -> subprocess.Popen[bytes]:
 
 
 async def floor(rates: list[int], seconds: float) -> dict[str, float]:
-    """What any worker pays at these rates: one lone POST (aiohttp, the worker's client)
-    and one lone script call (redis-py) per message, on a clock, CPU of this process."""
+    """What any worker pays at these rates, on a clock, CPU of this process (all its threads):
+    a lone POST (aiohttp, and pyreqwest, the worker's client where installed), a lone script
+    call, and the worker's light-load round trip (an ack, a BLMOVE, a claim: three commands)
+    as a pipeline of redis-py's pool and on a lane (ferry.adapters.redis.Lane)."""
     import aiohttp
+    from pyreqwest.client import ClientBuilder
 
     port = free_port()
     server = await asyncio.get_running_loop().create_server(Sink, "127.0.0.1", port)
@@ -220,22 +225,41 @@ async def floor(rates: list[int], seconds: float) -> dict[str, float]:
         redis.start()
         client = connect(redis.url)
         script = client.register_script("return redis.call('GET', KEYS[1])")
+        await script(keys=["k"], args=[])
+        three = [("EVALSHA", script.sha, 1, "k"), ("LMOVE", "q", "q", "RIGHT", "RIGHT"), ("EVALSHA", script.sha, 1, "k")]
+        lane = client.lane()
         payload = body(0.0)
+        url = f"http://127.0.0.1:{port}/"
         result: dict[str, float] = {}
         try:
-            async with aiohttp.ClientSession() as session:
+            async with aiohttp.ClientSession() as session, ClientBuilder().build() as reqwest:
 
                 async def post() -> None:
                     headers = {"Content-Type": "application/json"}
-                    async with session.post(f"http://127.0.0.1:{port}/", data=payload, headers=headers) as answer:
+                    async with session.post(url, data=payload, headers=headers) as answer:
                         await answer.read()
+
+                async def post_reqwest() -> None:
+                    request = reqwest.post(url).header("Content-Type", "application/json").body_bytes(payload)
+                    async with request.streamed_read_buffer_limit(0).build_streamed() as answer:
+                        answer.status
 
                 async def call() -> None:
                     await script(keys=["k"], args=[])
 
+                async def pipelined() -> None:
+                    async with client.pipeline(transaction=False) as pipe:
+                        for command in three:
+                            pipe.execute_command(*command)
+                        await pipe.execute(raise_on_error=False)
+
+                async def on_lane() -> None:
+                    await lane.execute(three)
+
+                operations = dict(zip(FLOORS, (post, post_reqwest, call, pipelined, on_lane), strict=True))
                 for rate in rates:
-                    result[f"post_us@{rate}"] = await on_a_clock(post, rate, seconds)
-                    result[f"script_us@{rate}"] = await on_a_clock(call, rate, seconds)
+                    for name, operation in operations.items():
+                        result[f"{name}@{rate}"] = await on_a_clock(operation, rate, seconds)
         finally:
             await client.aclose()
             redis.kill()
@@ -278,9 +302,10 @@ def report(runs: list[dict[str, float]], args: argparse.Namespace) -> None:
     print(f"idle (no traffic, {args.idle:.0f} s): {median('idle_pct'):.2f}% of a core")
     if args.floor:
         floors = uvloop.run(floor(args.rates, min(args.seconds, 5.0)))
-        print("floor, in this process at the same rates: a lone POST, a lone script call (CPU µs each)")
+        print("floor, in this process at the same rates (CPU µs each):")
+        print(f"{'':>10}" + "".join(f" {name:>14}" for name in FLOORS))
         for rate in args.rates:
-            print(f"{f'{rate}/s':>10} {floors[f'post_us@{rate}']:>8.0f} {floors[f'script_us@{rate}']:>8.0f}")
+            print(f"{f'{rate}/s':>10}" + "".join(f" {floors[f'{name}@{rate}']:>14.0f}" for name in FLOORS))
     if args.json:
         print(json.dumps(runs))
 
@@ -294,7 +319,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="also print every run's figures")
-    parser.add_argument("--floor", action="store_true", help="also measure a lone POST and script call per rate")
+    parser.add_argument("--floor", action="store_true", help="also time lone POSTs, a script call and a 3-command round trip (pool, lane) per rate")
     parser.add_argument("--profile", metavar="PREFIX", help="py-spy each steady rate into PREFIX-<rate>.txt")
     args = parser.parse_args()
     runs = []

@@ -1,5 +1,6 @@
 """Canary: redis-py still packs commands through `pack_command`, and hiredis packs them as it does;
-the cluster client's internals that ferry uses are still there.
+the cluster client's internals that ferry uses are still there; a lane (`FerryRedis.lane`)
+still reads the replies of its own commands and no others.
 
 If a redis-py release renames the hook or stops calling it, or hiredis packs a value
 differently, these fail: ferry would otherwise silently lose the speed-up, or send
@@ -8,6 +9,7 @@ wrong bytes.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from typing import Any
 
@@ -20,6 +22,7 @@ from redis.exceptions import SlotNotCoveredError
 
 from ferry.adapters.redis import FerryRedisCluster, HiredisPacking, hiredis_packed
 from ferry.queue.connection import connect
+from ferry.queue.errors import RedisBug, RedisUnavailable
 
 ARGUMENTS: list[tuple[Any, ...]] = [
     ("SET", "key", "value"),
@@ -79,3 +82,58 @@ def test_the_cluster_internals_ferry_reaches_into_are_still_there() -> None:
     assert client._initialize is True
     assert isinstance(client.RedisClusterRequestTTL, int) and client.RedisClusterRequestTTL > 1
     assert {RedisConnectionError, SlotNotCoveredError} <= set(client.ERRORS_ALLOW_RETRY)
+
+
+async def test_a_lane_gives_each_reply_in_order_and_an_error_reply_in_its_place(redis_url: str) -> None:
+    redis = connect(redis_url)
+    lane = redis.lane()
+    try:
+        replies = await lane.execute(
+            [("SET", "n", "x"), ("INCR", "n"), ("EVALSHA", "0" * 40, 0), ("LMOVE", "none", "none", "RIGHT", "RIGHT"),
+             ("GET", "n")]
+        )
+    finally:
+        await redis.aclose()
+    assert replies[0] is True or replies[0] == b"OK"
+    assert isinstance(replies[1], RedisBug) and "not an integer" in str(replies[1])
+    assert isinstance(replies[2], RedisUnavailable) and "NOSCRIPT" in str(replies[2])  # the next call loads it
+    assert replies[3:] == [None, b"x"]
+
+
+async def test_a_lane_cancelled_while_it_waits_answers_the_next_call_with_its_own_reply(redis_url: str) -> None:
+    """The reply of the cut-short wait must never be read as the next command's."""
+    redis = connect(redis_url)
+    lane = redis.lane()
+    try:
+        waiting = asyncio.create_task(lane.execute([("BLMOVE", "q", "q", "RIGHT", "RIGHT", 5)]))
+        await asyncio.sleep(0.2)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await redis.rpush("q", "late")  # would wake the old wait, were it still read
+        assert not lane.busy
+        assert await lane.execute([("ECHO", "mine")]) == [b"mine"]
+    finally:
+        await redis.aclose()
+
+
+async def test_a_lane_whose_connection_was_killed_connects_again(redis_url: str) -> None:
+    redis = connect(redis_url)
+    lane = redis.lane()
+    try:
+        [lane_id] = await lane.execute([("CLIENT", "ID")])
+        await redis.execute_command("CLIENT", "KILL", "ID", lane_id)
+        [again] = await lane.execute([("CLIENT", "ID")])
+        assert again != lane_id
+    finally:
+        await redis.aclose()
+    ids = {client["id"] for client in await _client_list(redis_url)}
+    assert str(again) not in ids  # closed with the client
+
+
+async def _client_list(redis_url: str) -> list[dict[str, Any]]:
+    other = connect(redis_url)
+    try:
+        return await other.client_list()  # type: ignore[no-any-return]
+    finally:
+        await other.aclose()

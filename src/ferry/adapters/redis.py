@@ -12,6 +12,16 @@ against 74 µs here, which was 7% of the proxy's ingest route. The internals
 used: `redis.connection.HiredisRespSerializer` and the `pack_command` method
 that every asyncio connection calls.
 
+A lane (`FerryRedis.lane`) is a connection of the client's own for one caller's round
+trips, past the pool: the worker's fetcher, whose wait-and-claim is one round trip per
+message at a light load. redis-py 7.4 spends about as much CPU around a pipeline as
+on its round trip (the pool's lock and observability hooks, a read to check a pooled
+connection is clean, a task for each write's timeout): a lone 3-command pipeline cost
+587 µs of CPU at 100 a second and 332 at 500, the same commands on a lane 344 and 264
+(`python bench/light_load.py --floor`). The internals used: `ConnectionPool.make_connection`, and a
+connection's `is_connected`, `connect`, `check_health`, `pack_commands`, `_writer`,
+`read_response`, `disconnect` and `retry`.
+
 Sentinel and Cluster are redis-py's own: `SentinelConnectionPool` asks the
 sentinels for the master at every new connection, and its connections turn a
 READONLY reply (a master demoted under them) into a dropped connection, which
@@ -58,6 +68,7 @@ from redis.exceptions import (
     ClusterError,
     MovedError,
     NoScriptError,
+    ResponseError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -164,6 +175,13 @@ class FerryRedis(Redis):
     """
 
     companions: tuple[Redis, ...] = ()
+    lanes: tuple[Lane, ...] = ()
+
+    def lane(self) -> Lane:
+        """A connection of this client's own for one caller's pipelines (closed with the client)."""
+        lane = Lane(self.connection_pool)
+        self.lanes = (*self.lanes, lane)
+        return lane
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         return await _translated(super().execute_command(*args, **options), args)  # type: ignore[no-untyped-call]
@@ -176,8 +194,62 @@ class FerryRedis(Redis):
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await super().aclose(close_connection_pool)
+        for lane in self.lanes:
+            await lane.close()
         for companion in self.companions:
             await companion.aclose()
+
+
+class Lane:
+    """One connection, past the pool, for one caller at a time (see `busy`): a pipeline's
+    round trip and nothing around it. Errors are ferry's kinds, as `FerryRedis`'s; a
+    dropped connection is connected again and the commands sent again, as redis-py's
+    retries do."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._connection: AbstractConnection | None = None
+        self.busy = False
+
+    async def execute(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Each command's reply in order, an error reply (as ferry's kind) in its place."""
+        if self._connection is None:
+            self._connection = self._pool.make_connection()
+        connection = cast(AbstractConnection, self._connection)
+        self.busy = True
+        try:
+            replies = await connection.retry.call_with_retry(
+                lambda: self._round_trip(connection, commands), lambda _: connection.disconnect()
+            )
+        except Exception as error:
+            raise translate(error) from error
+        finally:
+            self.busy = False
+        return [translate(reply) if isinstance(reply, Exception) else reply for reply in replies]
+
+    @staticmethod
+    async def _round_trip(connection: AbstractConnection, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        if not connection.is_connected:
+            await connection.connect()  # type: ignore[no-untyped-call]
+        await connection.check_health()  # type: ignore[no-untyped-call]
+        writer = cast(asyncio.StreamWriter, connection._writer)
+        try:
+            writer.writelines(connection.pack_commands(commands))
+            await writer.drain()  # waits only on a full socket buffer, which a few commands never fill
+        except (OSError, RuntimeError) as error:  # RuntimeError: uvloop's write on a closed transport
+            await connection.disconnect(nowait=True)
+            raise RedisConnectionError(f"Error while writing to Redis: {error}") from error
+        replies: list[Any] = []
+        for _ in commands:  # read_response disconnects on any other failure, cancellation included
+            try:
+                replies.append(await connection.read_response())
+            except ResponseError as error:
+                replies.append(error)
+        return replies
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.disconnect()
 
 
 class FerryPipeline(Pipeline):

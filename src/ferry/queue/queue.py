@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -22,6 +22,9 @@ from ferry.adapters.redis import FerryRedisCluster
 from ferry.queue.errors import RedisUnavailable
 from ferry.queue.keys import Keys
 from ferry.queue.message import DeadLetter, Message, MessageStatus, NewMessage, id_time_ms, now_ms
+
+if TYPE_CHECKING:
+    from ferry.adapters.redis import Lane
 
 EnqueueOutcome = Literal["queued", "existing", "full", "limited"]
 FSYNC_TIMEOUT_MS = 2000
@@ -167,6 +170,10 @@ class Queue:
         self._heartbeat = _script(redis, "heartbeat")
         # redis-py's cluster pipeline refuses scripts: there, a wait and a claim are two calls.
         self.pipelines_scripts = not isinstance(redis, RedisCluster)
+        # The fetcher's waits and claims (`ack_and_claim`) skip the pool (ferry.adapters.redis).
+        # ferry's clients have lanes (connect() makes them); a bare redis-py client has none.
+        make_lane = getattr(redis, "lane", None)
+        self._lane: Lane | None = make_lane() if make_lane is not None else None
 
     async def enqueue(
         self,
@@ -289,13 +296,13 @@ class Queue:
                 await self.ack(worker_id, acked, status_ttl_seconds, holder=holder)
             return True, await self._claim_or_wait(worker_id, limit, holder, block_seconds)
         claim_keys, claim_args = self._claim_arguments(worker_id, limit, holder)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if acked:
-                ack_keys, ack_args = self._ack_arguments(worker_id, acked, status_ttl_seconds, holder)
-                pipe.evalsha(self._ack.sha, len(ack_keys), *ack_keys, *ack_args)
-            pipe.blmove(self.keys.queue, self.keys.queue, block_seconds, "RIGHT", "RIGHT")  # type: ignore[arg-type]  # seconds may be fractional
-            pipe.evalsha(self._claim.sha, len(claim_keys), *claim_keys, *claim_args)
-            replies = await pipe.execute(raise_on_error=False)
+        commands: list[tuple[str | int | float, ...]] = []
+        if acked:
+            ack_keys, ack_args = self._ack_arguments(worker_id, acked, status_ttl_seconds, holder)
+            commands.append(("EVALSHA", self._ack.sha, len(ack_keys), *ack_keys, *ack_args))
+        commands.append(("BLMOVE", self.keys.queue, self.keys.queue, "RIGHT", "RIGHT", block_seconds))
+        commands.append(("EVALSHA", self._claim.sha, len(claim_keys), *claim_keys, *claim_args))
+        replies = await self._round_trip(commands)
         *ack_reply, woken, reply = replies
         acks_ran = not any(isinstance(each, Exception) for each in ack_reply)
         if isinstance(woken, Exception):
@@ -305,6 +312,16 @@ class Queue:
         if isinstance(reply, Exception):
             raise reply
         return acks_ran, self._claimed(worker_id, reply)
+
+    async def _round_trip(self, commands: list[tuple[str | int | float, ...]]) -> list[Any]:
+        """The commands' replies (errors in their place): on this queue's lane, which its
+        fetcher alone uses, or, while the lane is busy, as a pipeline of the pool."""
+        if self._lane is not None and not self._lane.busy:
+            return await self._lane.execute(commands)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute(raise_on_error=False)
 
     async def wait_for_message(self, block_seconds: float) -> bool:
         """Wait up to `block_seconds` until the queue holds a message; move nothing."""
