@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
 
 from ferry.queue import Fenced, Queue
-from ferry.queue.message import Status
+from ferry.queue.connection import connect
+from ferry.queue.message import NewMessage, Status, new_message_id
 from tests.queue.test_queue import messages, places, queue  # noqa: F401  (queue: the fixture, w1 holding its lease)
-from tests.support.inspect import enqueue, in_flight, status
+from tests.support.inspect import enqueue, in_flight, queue_length, status
 from tests.support.processes import FerryProcess, Sink, wait_until
 
 
@@ -92,4 +94,42 @@ def test_a_worker_killed_while_it_waits_after_light_load_has_nothing_to_deliver_
     worker.wait()
     assert all(status(redis_url, i).status == "delivered" for i in sent)
     assert in_flight(redis_url, "light") == []  # nothing a reaper would give back to deliver twice
+    assert sink.stats()["duplicates"] == 0
+
+
+def test_a_worker_stopped_while_it_lingers_at_a_steady_rate_accounts_for_every_message(
+    redis_url: str,
+    start_sink: Callable[..., Sink],
+    start_worker: Callable[..., FerryProcess],
+) -> None:
+    """At 400 messages a second the worker lingers before each wait (LINGER_SECONDS), the acks
+    of the deliveries that end meanwhile waiting to ride with its claim; stopped mid-stream,
+    each delivered message is recorded as delivered, none is left in flight, the rest are queued."""
+    sink = start_sink()
+    worker = start_worker(redis_url, sink.url, WORKER_ID="steady", WORKER_CONCURRENCY=16)
+    enqueue(redis_url, [b"warm-up"])
+    wait_until(lambda: sink.stats()["unique"] == 1, timeout=20)
+
+    async def stream() -> list[str]:
+        client = connect(redis_url)
+        queue = Queue(client)
+        ids = []
+        start = time.monotonic()
+        for n in range(600):  # 1.5 s on a clock, stopped half-way
+            await asyncio.sleep(max(0.0, start + n / 400 - time.monotonic()))
+            if n == 300:
+                worker.signal(signal.SIGTERM)
+            [result] = await queue.enqueue([NewMessage(new_message_id(), b'{"n": %d}' % n, "application/json")])
+            ids.append(result.id)
+        await client.aclose()
+        return ids
+
+    ids = asyncio.run(stream())
+    assert worker.wait(timeout=15) == 0
+    arrived = sink.stats()["unique"] - 1
+    assert 0 < arrived < len(ids)
+    statuses = [status(redis_url, message_id).status for message_id in ids]
+    assert statuses.count("delivered") == arrived
+    assert statuses.count("queued") == len(ids) - arrived == queue_length(redis_url)
+    assert in_flight(redis_url, "steady") == []
     assert sink.stats()["duplicates"] == 0

@@ -47,6 +47,14 @@ BLOCK_SECONDS = 1.0
 # round trip and one wake-up less per message at a light load. Only while deliveries
 # take less than this on average; a message arriving meanwhile waits that long at most.
 CARRY_ACKS_SECONDS = 0.002
+# At a steady rate of more than one message per LINGER_SECONDS, a claim that would wait
+# on an empty queue is put off until LINGER_SECONDS after the last claim returned: what
+# arrives meanwhile is claimed, POSTed and acked together, one round trip and one
+# wake-up for several. Alone, each message costs several times its CPU when a backlog is
+# drained; lingering, a message waits this long at most.
+LINGER_SECONDS = 0.004
+# The arrival rate is a moving average over this many claims.
+RATE_CLAIMS = 8
 # How often due retries are moved back to the queue.
 PROMOTE_EVERY_SECONDS = 0.5
 # How often a worker reads which partitions proxies have sent to (a partition a
@@ -135,6 +143,8 @@ class Worker:
         self._carried: list[tuple[str, asyncio.Future[bool]]] | None = None
         self._carry_ready = asyncio.Event()
         self._delivery_seconds = 0.0  # moving average
+        self._claimed_at = 0.0  # event-loop time the last claim returned
+        self._arrivals_per_second = 0.0  # moving average of messages claimed over the time between claims
         self.holder = new_holder()
         self._rejoining = asyncio.Lock()
         self.deliveries: set[asyncio.Task[None]] = set()
@@ -378,6 +388,7 @@ class Worker:
                 await self.redis_away.wait(error)
                 continue
             self.redis_away.ok()
+            self._note_arrivals(len(messages))
             drained = len(messages) < room
             self.held.update(message.id for message in messages)
             if self._stopping.is_set():
@@ -385,27 +396,46 @@ class Worker:
             self.waiting.extend(messages)
             self._start_waiting()
 
+    def _note_arrivals(self, claimed: int) -> None:
+        now = asyncio.get_running_loop().time()
+        since, self._claimed_at = now - self._claimed_at, now
+        if since > 0:
+            self._arrivals_per_second += (claimed / since - self._arrivals_per_second) / RATE_CLAIMS
+
     async def _wait_for_acks(self) -> None:
-        """Before waiting on an empty queue: if the deliveries under way are fast, wait
-        (briefly) until each has reached its ack, which then rides with the claim."""
-        if (
-            not self.deliveries
-            or self._delivery_seconds >= CARRY_ACKS_SECONDS
-            or not self.queue.pipelines_scripts  # a cluster: the acks would be calls of their own anyway
-        ):
+        """Before a claim that waits on an empty queue: linger, at a steady rate (see
+        `LINGER_SECONDS`); then, if the deliveries under way are fast, wait (briefly) until
+        each has reached its ack. The acks of deliveries that end meanwhile ride with the claim."""
+        linger = 0.0
+        if self._arrivals_per_second * LINGER_SECONDS >= 1:
+            linger = self._claimed_at + LINGER_SECONDS - asyncio.get_running_loop().time()
+        if not self.queue.pipelines_scripts:  # a cluster, or partitions: acks are calls of their own anyway
+            if linger > 0:
+                await asyncio.sleep(linger)
+            return
+        if linger <= 0 and not self._carry_fast():
             return
         self._carried = []
-        self._carry_ready.clear()
-        handle = asyncio.get_running_loop().call_later(CARRY_ACKS_SECONDS, self._carry_ready.set)
         try:
-            await self._carry_ready.wait()
+            if linger > 0:
+                await asyncio.sleep(linger)
+            if self._carry_fast():
+                self._carry_ready.clear()
+                self._check_carried()  # each may have reached its ack already
+                handle = asyncio.get_running_loop().call_later(CARRY_ACKS_SECONDS, self._carry_ready.set)
+                try:
+                    await self._carry_ready.wait()
+                finally:
+                    handle.cancel()
         except BaseException:  # stopped: the acks go on their own
             for _, future in self._carried or []:
                 future.set_result(False)
             self._carried = None
             raise
-        finally:
-            handle.cancel()
+
+    def _carry_fast(self) -> bool:
+        """Whether deliveries are under way and fast enough for the claim to wait for their acks."""
+        return bool(self.deliveries) and self._delivery_seconds < CARRY_ACKS_SECONDS
 
     def _check_carried(self) -> None:
         if self._carried is not None and len(self._carried) >= len(self.deliveries):
