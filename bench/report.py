@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,78 @@ A forced stop of `ferry worker` exits within seconds on both (tests/worker/test_
 
 OWN_SYSTEMS = ("ferry", "ferry (aiohttp)", "ceiling (bare aiohttp)", "ceiling (bare pyreqwest)",
                "textbook BLMOVE/POST/LREM")
+
+
+def _row(results: dict[str, Any], kind: str, **match: Any) -> dict[str, Any] | None:
+    found = results.get(kind, {})
+    rows = found.get("rates" if kind == "cost" else "rows", [])
+    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
+
+
+def _target(results: dict[str, Any], kind: str, name: str, figure: float | None, shown: str,
+            met: bool | None) -> list[str]:
+    command = _without_note(results.get(kind, {}).get("command", "-"))
+    verdict = "-" if figure is None or figure != figure else ("met" if met else "not met")
+    return [name, shown if figure is not None and figure == figure else "not measured", f"`{command}`", verdict]
+
+
+def _without_note(command: str) -> str:
+    """The command as the page's head gives it, less its --note (said there already)."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    if "--note" in words:
+        at = words.index("--note")
+        del words[at:at + 2]
+    return shlex.join(words)
+
+
+def targets_section(results: dict[str, Any]) -> str:
+    """Issue 14's targets, each against this run's figure: met or not."""
+    rows = []
+    for c in sorted({r["concurrency"] for r in results.get("delivery", {}).get("rows", [])}):
+        ferry = _row(results, "delivery", system="ferry", concurrency=c)
+        aiohttp = _row(results, "delivery", system="ceiling (bare aiohttp)", concurrency=c)
+        reqwest = _row(results, "delivery", system="ceiling (bare pyreqwest)", concurrency=c)
+        peers = [r for r in results["delivery"]["rows"]
+                 if r["concurrency"] == c and r["system"] not in OWN_SYSTEMS and r["rate"] == r["rate"]]
+        if ferry is None:
+            continue
+        for name, base, goal in ((f"one worker >= the bare aiohttp loop, concurrency {c}", aiohttp, 1.0),
+                                 (f"one worker >= 0.6 of the bare pyreqwest loop (its client's), concurrency {c}", reqwest, 0.6)):
+            ratio = ferry["rate"] / base["rate"] if base else None
+            rows.append(_target(results, "delivery", name, ratio, f"{fmt(ratio, 2)} ({fmt(ferry['rate'])}/s)",
+                                ratio is not None and ratio >= goal))
+        if peers:
+            best = max(peers, key=lambda r: r["rate"])
+            ratio = ferry["rate"] / best["rate"]
+            rows.append(_target(results, "delivery", f"one worker >= 5 times the fastest peer, concurrency {c}",
+                                ratio, f"{fmt(ratio, 1)} times {best['system']}", ratio >= 5))
+    for r in results.get("ingest", {}).get("rows", []):
+        if r["scheme"] == "https":
+            rows.append(_target(results, "ingest", f"ingest >= 2 times the bare LPUSH route over HTTPS, {r['processes']} process(es)",
+                                r["ratio"], f"{fmt(r['ratio'], 2)} ({fmt(r['ferry_rps'])} req/s)", r["ratio"] >= 2))
+    light, drain = _row(results, "cost", rate=500.0), drain_figure(results)
+    ratio = light["cpu_us_per_message"] / drain if light and drain else None
+    rows.append(_target(results, "cost", "worker CPU per message at 500/s <= 1.5 times draining a backlog", ratio,
+                        f"{fmt(ratio, 2)} ({fmt(light['cpu_us_per_message']) if light else '-'} µs against {fmt(drain)})",
+                        ratio is not None and ratio <= 1.5))
+    e2e = _row(results, "end_to_end", rate=500.0)
+    p99 = e2e["p99_ms"] if e2e else None
+    rows.append(_target(results, "end_to_end", "end to end p99 < 10 ms at 500/s", p99, f"{fmt(p99, 1)} ms",
+                        p99 is not None and p99 < 10))
+    idle = results.get("cost", {}).get("idle", {}).get("worker")
+    rows.append(_target(results, "cost", "an idle worker < 1 % of a core", idle, f"{fmt(idle, 2)} %",
+                        idle is not None and idle < 1))
+    queued = results.get("memory", {}).get("queued")
+    over = queued - 500 if queued is not None else None
+    rows.append(_target(results, "memory", "Redis memory per queued message <= the body + 200 bytes", over,
+                        f"body + {fmt(over)} bytes", over is not None and over <= 200))
+    return ("## Targets (issue 14)\n\nEach target against this page's figures, from the run that "
+            "measured them (a figure of a run on a loaded machine says less than a ratio within "
+            "one run: the load is given beside each table).\n\n"
+            + table(["target", "figure", "command", "verdict"], rows) + "\n")
 
 
 def delivery_summary(rows: list[dict[str, Any]]) -> str:
@@ -224,7 +297,9 @@ def cpu_section(result: dict[str, Any], drain: float | None) -> str:
         rows.append(["draining a backlog (delivery, concurrency 16)", fmt(drain), "-"])
     return ("Worker CPU (its whole session) per delivered message, from the first "
             f"enqueue to the last delivery ({result['duration']:g} s of steady load, idle polling "
-            "included):\n\n" + table(["rate/s", "worker CPU µs/msg", "foreign load"], rows)
+            "included); what lingering and the fetcher's lane changed at these rates, against the "
+            "worker before them, is in docs/architecture.md ('Lingering, and a lane past the pool'):\n\n"
+            + table(["rate/s", "worker CPU µs/msg", "foreign load"], rows)
             + f"\n\nIdle, no traffic: a worker {fmt(result['idle']['worker'], 2)} % of a core, "
             f"a proxy (`--workers 1`) {fmt(result['idle']['proxy'], 2)} %.\n")
 
@@ -344,7 +419,7 @@ def write(results: dict[str, Any], path: Path, load_note: str) -> None:
                 "a run during which other processes used more than "
                 "0.25 of a core was run again (up to the retries given) and the quietest attempt "
                 "kept, its foreign load shown. The sink (bench/sink.py: uvloop + httptools, `200 {}` "
-                "at once) is the same for every system.\n"]
+                "at once) is the same for every system.\n", targets_section(results)]
     if "delivery" in results:
         sections.append(delivery_section(results["delivery"]))
     if "clients" in results:
