@@ -154,11 +154,16 @@ class WorkersCheck(BaseModel):
 
 
 def jain_index(values: Sequence[float]) -> float:
-    """Jain's fairness index (sum x)^2 / (n sum x^2): 1 when all equal, 1/n when one has all."""
-    squares = sum(value * value for value in values)
-    if not values or squares == 0:
+    """Jain's fairness index (sum x)^2 / (n sum x^2): 1 when all equal, 1/n when one has all.
+
+    Taken on the values over their largest, so that squares of tiny ones do not underflow
+    (which took it past 1); rounding is kept within [1/n, 1]."""
+    top = max(values, default=0.0)
+    if top <= 0:
         return 1.0
-    return sum(values) ** 2 / (len(values) * squares)
+    scaled = [value / top for value in values]
+    index = sum(scaled) ** 2 / (len(scaled) * sum(value * value for value in scaled))
+    return min(1.0, max(1 / len(scaled), index))
 
 
 def _metrics_state(series: WorkerSeries) -> str:
