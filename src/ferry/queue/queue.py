@@ -283,10 +283,10 @@ class Queue:
         holder: str,
         block_seconds: float,
     ) -> tuple[bool, list[Message]]:
-        """`ack` these ids, then `claim` with `block_seconds` (more than 0: BLMOVE's 0 waits
-        for ever), in one round trip.
+        """`ack` these ids, then `claim` (waiting up to `block_seconds` on an empty queue
+        if more than 0), in one round trip.
 
-        Redis runs the ack at once, before the wait; its reply comes with the claim's.
+        Redis runs the ack at once, before any wait; its reply comes with the claim's.
         Returns whether the ack ran (False: its reply was an error, and the caller
         should ack again on its own, which says why) and the claimed messages.
         Without pipelined scripts (`pipelines_scripts`), the ack is a call of its own.
@@ -300,13 +300,14 @@ class Queue:
         if acked:
             ack_keys, ack_args = self._ack_arguments(worker_id, acked, status_ttl_seconds, holder)
             commands.append(("EVALSHA", self._ack.sha, len(ack_keys), *ack_keys, *ack_args))
-        commands.append(("BLMOVE", self.keys.queue, self.keys.queue, "RIGHT", "RIGHT", block_seconds))
+        if block_seconds > 0:  # BLMOVE's 0 would wait for ever
+            commands.append(("BLMOVE", self.keys.queue, self.keys.queue, "RIGHT", "RIGHT", block_seconds))
         commands.append(("EVALSHA", self._claim.sha, len(claim_keys), *claim_keys, *claim_args))
         replies = await self._round_trip(commands)
-        *ack_reply, woken, reply = replies
-        acks_ran = not any(isinstance(each, Exception) for each in ack_reply)
-        if isinstance(woken, Exception):
-            raise woken
+        acks_ran = not (acked and isinstance(replies[0], Exception))
+        if block_seconds > 0 and isinstance(replies[-2], Exception):  # the BLMOVE's
+            raise replies[-2]
+        reply = replies[-1]
         if isinstance(reply, RedisUnavailable):  # NOSCRIPT (a flushed cache, a new master) among them
             return acks_ran, await self._claim_now(worker_id, limit, holder)  # which loads the script
         if isinstance(reply, Exception):

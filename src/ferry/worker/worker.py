@@ -28,12 +28,12 @@ from ferry.metrics import WorkerMetrics
 from ferry.observe.registry import Registration, metrics_url
 from ferry.processes.redis_url import resolve_redis_url
 from ferry.queue import Fenced
-from ferry.queue.batching import Coalescer
 from ferry.queue.connection import UnsafeRedis, check_server, connect
 from ferry.queue.errors import RedisFailure, RedisUnavailable, WritesRefused
 from ferry.queue.message import Message, now_ms
 from ferry.queue.partitions import Partitions
 from ferry.settings import Settings
+from ferry.worker.acks import Acks
 from ferry.worker.delivery import Deliverer, Outcome, Verdict
 from ferry.worker.retry_policy import next_delay_seconds
 
@@ -60,6 +60,8 @@ PROMOTE_EVERY_SECONDS = 0.5
 # How often a worker reads which partitions proxies have sent to (a partition a
 # proxy with a larger FERRY_PARTITIONS added waits at most this long for workers).
 ADOPT_EVERY_SECONDS = 5.0
+# How long a stopping worker waits for Redis to record its last acks.
+ACKS_AT_EXIT_SECONDS = 10.0
 # Reconnect backoff while Redis is away: from the first value, doubling to the cap.
 RECONNECT_FIRST_SECONDS = 0.1
 RECONNECT_CAP_SECONDS = 5.0
@@ -136,12 +138,9 @@ class Worker:
         self.deliverer = deliverer
         self.metrics = metrics
         self.redis_away = RedisAway(metrics)
-        # Deliveries that finish together are acked together: one script call.
-        self._acks: Coalescer[Message, None] = Coalescer(self._ack_batch)
-        # While the fetcher waits to carry acks with its next claim: the deliveries'
-        # ids and, for each, whether it was carried (else it is acked on its own).
-        self._carried: list[tuple[str, asyncio.Future[bool]]] | None = None
-        self._carry_ready = asyncio.Event()
+        # Deliveries the main server took, their acks on the way (see ferry.worker.acks).
+        self.acks = Acks(self._record_acks, self._acks_recorded)
+        self._carry_ready = asyncio.Event()  # the deliveries under way have all ended
         self._delivery_seconds = 0.0  # moving average
         self._claimed_at = 0.0  # event-loop time the last claim returned
         self._arrivals_per_second = 0.0  # moving average of messages claimed over the time between claims
@@ -149,7 +148,7 @@ class Worker:
         self._rejoining = asyncio.Lock()
         self.deliveries: set[asyncio.Task[None]] = set()
         self.waiting: deque[Message] = deque()  # claimed ahead, not yet being delivered
-        self.held: set[str] = set()  # ids claimed and not yet settled (waiting or delivering)
+        self.held: set[str] = set()  # ids claimed and not yet settled (waiting, delivering, or acks on the way)
         self._next_stray_check = 0.0  # monotonic time; 0: at the next fetch
         # When the last heartbeat that held the lease was sent (monotonic): the lease
         # runs out no sooner than a lease after it.
@@ -177,16 +176,18 @@ class Worker:
             asyncio.create_task(self._supervised("lease", self._keep_lease), name="lease"),
             asyncio.create_task(self._supervised("maintenance", self._maintain), name="maintenance"),
         ]
+        acking = asyncio.create_task(self._supervised("acks", self.acks.run), name="acks")
         fetching = asyncio.create_task(self._supervised("fetch", self._fetch), name="fetch")
         await self._stopping.wait()
         log.info("stopping", in_flight=len(self.deliveries), grace_seconds=self.settings.shutdown_grace_seconds)
         fetching.cancel()
         await asyncio.gather(fetching, return_exceptions=True)
         await self._drain()
+        await self._settle_acks()
         self._closing.set()
-        for task in background:
+        for task in [acking, *background]:
             task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await asyncio.gather(acking, *background, return_exceptions=True)
         await self.queue.close()
         await self._give_back()
 
@@ -364,21 +365,25 @@ class Worker:
         self._next_stray_check = 0.0  # restarted after a failed claim: its reply may be lost
         drained = True  # the last claim took all there was: the next waits for more, in its round trip
         while not self._stopping.is_set():
-            room = most_held - len(self.deliveries) - len(self.waiting)
-            # Claim in batches (a claim costs one round trip whatever its size),
-            # but never let a free slot wait for one; and nothing while the lease may lapse.
+            room = self._room_to_claim(most_held)
+            # Claim in batches (a claim costs one round trip whatever its size), from half
+            # a slot's worth of room, so that a claim is back before what was claimed ahead
+            # runs out; never let a free slot wait for one; nothing while the lease may lapse.
             if (
                 room <= 0
-                or (room < concurrency and len(self.deliveries) == concurrency)
+                or (room < max(1, concurrency // 2) and len(self.deliveries) == concurrency)
                 or not self._lease_allows_deliveries()
             ):
+                # The pending acks wait for this claim (within acks.LINGER_SECONDS).
+                self.acks.claim_coming = self.queue.pipelines_scripts and not self._lease_overdue
                 self._room.clear()
-                await self._room.wait()  # a delivery ended, or the lease was renewed
+                await self._room.wait()  # a delivery ended, an ack was recorded, or the lease was renewed
                 continue
             try:
                 await self._return_strays()
                 if drained:
                     await self._wait_for_acks()
+                    room = self._room_to_claim(most_held)  # the acks of deliveries that ended meanwhile free some
                 messages = await self._claim(room, block_seconds=BLOCK_SECONDS if drained else 0)
             except Fenced:
                 await self._rejoin()
@@ -396,6 +401,11 @@ class Worker:
             self.waiting.extend(messages)
             self._start_waiting()
 
+    def _room_to_claim(self, most_held: int) -> int:
+        """How many more may be claimed: what is held, less the acks the claim carries."""
+        carried = len(self.acks) if self.queue.pipelines_scripts else 0
+        return most_held - len(self.held) + carried
+
     def _note_arrivals(self, claimed: int) -> None:
         now = asyncio.get_running_loop().time()
         since, self._claimed_at = now - self._claimed_at, now
@@ -405,7 +415,7 @@ class Worker:
     async def _wait_for_acks(self) -> None:
         """Before a claim that waits on an empty queue: linger, at a steady rate (see
         `LINGER_SECONDS`); then, if the deliveries under way are fast, wait (briefly) until
-        each has reached its ack. The acks of deliveries that end meanwhile ride with the claim."""
+        they have ended. The acks of deliveries that end meanwhile ride with the claim."""
         linger = 0.0
         if self._arrivals_per_second * LINGER_SECONDS >= 1:
             linger = self._claimed_at + LINGER_SECONDS - asyncio.get_running_loop().time()
@@ -415,62 +425,65 @@ class Worker:
             return
         if linger <= 0 and not self._carry_fast():
             return
-        self._carried = []
-        try:
-            if linger > 0:
-                await asyncio.sleep(linger)
-            if self._carry_fast():
-                self._carry_ready.clear()
-                self._check_carried()  # each may have reached its ack already
-                handle = asyncio.get_running_loop().call_later(CARRY_ACKS_SECONDS, self._carry_ready.set)
-                try:
-                    await self._carry_ready.wait()
-                finally:
-                    handle.cancel()
-        except BaseException:  # stopped: the acks go on their own
-            for _, future in self._carried or []:
-                future.set_result(False)
-            self._carried = None
-            raise
+        self.acks.claim_coming = True
+        if linger > 0:
+            await asyncio.sleep(linger)
+        if self._carry_fast():
+            self._carry_ready.clear()
+            handle = asyncio.get_running_loop().call_later(CARRY_ACKS_SECONDS, self._carry_ready.set)
+            try:
+                await self._carry_ready.wait()
+            finally:
+                handle.cancel()
 
     def _carry_fast(self) -> bool:
         """Whether deliveries are under way and fast enough for the claim to wait for their acks."""
         return bool(self.deliveries) and self._delivery_seconds < CARRY_ACKS_SECONDS
 
-    def _check_carried(self) -> None:
-        if self._carried is not None and len(self._carried) >= len(self.deliveries):
-            self._carry_ready.set()
-
     async def _claim(self, room: int, *, block_seconds: float) -> list[Message]:
-        """Claim, with the acks that wait to be carried; each learns whether its ack ran."""
-        carried, self._carried = self._carried or [], None
+        """Claim, carrying the pending acks where the queue can (one round trip for both);
+        the acks of deliveries that end during its round trip go on their own."""
+        self.acks.claim_coming = False
+        carried = self.acks.take() if self.queue.pipelines_scripts else []
         if not carried:
             return await self.queue.claim(self.worker_id, room, holder=self.holder, block_seconds=block_seconds)
-        acks_ran = False
         try:
             acks_ran, messages = await self.queue.ack_and_claim(
                 self.worker_id,
-                [message_id for message_id, _ in carried],
+                [message.id for message in carried],
                 self.settings.status_ttl_seconds,
                 room,
                 holder=self.holder,
                 block_seconds=block_seconds,
             )
-        finally:
-            for _, future in carried:
-                if not future.done():
-                    future.set_result(acks_ran)
+        except BaseException:  # the acks may not have run: sent again on their own
+            self.acks.give_back(carried)
+            raise
+        if acks_ran:
+            self.acks.done(carried)
+        else:
+            self.acks.give_back(carried)
         return messages
 
-    async def _ack(self, message: Message) -> None:
-        """Record a delivery: with the fetcher's next claim if it waits for this one, else on its own."""
-        if self._carried is not None:
-            future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            self._carried.append((message.id, future))
-            self._check_carried()
-            if await future:
-                return
-        await self._acks.submit(message)
+    async def _record_acks(self, messages: list[Message]) -> None:
+        await self.redis_away.call(
+            lambda: self.queue.ack(self.worker_id, messages, self.settings.status_ttl_seconds, holder=self.holder)
+        )
+
+    def _acks_recorded(self, messages: list[Message]) -> None:
+        for message in messages:
+            self.held.discard(message.id)
+        self._room.set()
+
+    async def _settle_acks(self) -> None:
+        """A stopping worker records the acks still on the way before it gives back what it
+        holds (else those messages would be delivered again). If Redis stays away, it gives
+        up after a while: they are given back with the rest, or returned by the lease."""
+        self.acks.claim_coming = False
+        try:
+            await asyncio.wait_for(self.acks.settled(), timeout=ACKS_AT_EXIT_SECONDS)
+        except TimeoutError:
+            log.warning("redis unavailable at shutdown: delivered messages not yet recorded will be delivered again")
 
     async def _return_strays(self) -> None:
         """Give back what this worker's in-flight set holds that the worker does not know of.
@@ -500,7 +513,8 @@ class Worker:
 
     def _delivery_done(self, task: asyncio.Task[None]) -> None:
         self.deliveries.discard(task)
-        self._check_carried()
+        if not self.deliveries:
+            self._carry_ready.set()
         if not self._stopping.is_set():
             self._start_waiting()
         self._room.set()
@@ -513,26 +527,33 @@ class Worker:
         structlog.contextvars.bind_contextvars(message_id=message.id, attempt=message.attempt)
         log.debug("delivering")
         self.metrics.active.inc()
+        acked_later = False  # delivered: held until its ack is recorded
         try:
             started = time.perf_counter()
             outcome = await self.deliverer.deliver(message)
             took = time.perf_counter() - started
             self.metrics.delivery_seconds.observe(took)
             self._delivery_seconds += (took - self._delivery_seconds) / 16
-            await self._settle(message, outcome)
+            if outcome.verdict is Verdict.DELIVERED:
+                self._delivered(message, outcome)
+                acked_later = True
+            else:
+                await self._settle_failure(message, outcome)
         finally:
-            self.held.discard(message.id)
+            if not acked_later:
+                self.held.discard(message.id)
             self.metrics.active.dec()
 
-    async def _settle(self, message: Message, outcome: Outcome) -> None:
+    def _delivered(self, message: Message, outcome: Outcome) -> None:
+        """The main server took it: its slot frees now, its ack follows (ferry.worker.acks)."""
+        self.acks.add(message)
+        self.metrics.processed.inc()
+        if message.created_at_ms:
+            self.metrics.end_to_end_seconds.observe(max(0, now_ms() - message.created_at_ms) / 1000)
+        log.debug("delivered", status=outcome.status)
+
+    async def _settle_failure(self, message: Message, outcome: Outcome) -> None:
         settings = self.settings
-        if outcome.verdict is Verdict.DELIVERED:
-            await self.redis_away.call(lambda: self._ack(message))
-            self.metrics.processed.inc()
-            if message.created_at_ms:
-                self.metrics.end_to_end_seconds.observe(max(0, now_ms() - message.created_at_ms) / 1000)
-            log.debug("delivered", status=outcome.status)
-            return
         self.metrics.failed.inc()
         if outcome.verdict is Verdict.PERMANENT or message.attempt >= settings.worker_max_attempts:
             await self.redis_away.call(
@@ -548,10 +569,6 @@ class Worker:
         )
         self.metrics.retries.inc()
         log.warning("delivery failed, will retry", error=outcome.error, retry_in_seconds=round(delay, 3))
-
-    async def _ack_batch(self, messages: list[Message]) -> list[None]:
-        await self.queue.ack(self.worker_id, messages, self.settings.status_ttl_seconds, holder=self.holder)
-        return [None] * len(messages)
 
     async def _drain(self) -> None:
         """Let in-flight deliveries finish within the grace period, then cut them short."""

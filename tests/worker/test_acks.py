@@ -1,0 +1,69 @@
+"""Acks on the way: a delivery's slot frees at the main server's 2xx and its ack rides
+with the next claim (ferry.worker.acks; what that saves is measured in bench/). A
+worker that dies before its acks are recorded loses nothing: those messages are
+delivered again."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+from tests.support.inspect import client, enqueue, in_flight, queue_length, status
+from tests.support.processes import FerryProcess, Sink, wait_until
+from tests.support.servers import RedisProcess
+
+StartSink = Callable[..., Sink]
+StartWorker = Callable[..., FerryProcess]
+
+
+def test_a_worker_killed_before_its_acks_are_recorded_loses_nothing(
+    own_redis: RedisProcess, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    """Redis stalls (SIGSTOP) while the worker goes on POSTing what it had claimed: those
+    deliveries' acks cannot be recorded. The worker is SIGKILLed, Redis resumes, and
+    another worker delivers them again: every message delivered, none stranded."""
+    count = 300
+    ids = enqueue(own_redis.url, [b'{"n": %d}' % n for n in range(count)])
+    sink = start_sink("--latency-ms", "20")
+    doomed = start_worker(own_redis.url, sink.url, WORKER_ID="doomed", WORKER_CONCURRENCY=16, FERRY_LEASE_SECONDS=1)
+    wait_until(lambda: sink.stats()["unique"] >= 40, timeout=30, interval=0.005)
+    assert own_redis.process is not None
+    own_redis.process.send_signal(signal.SIGSTOP)
+    try:
+        arrived = -1
+        while arrived != sink.stats()["unique"]:  # what it had claimed ahead is POSTed too
+            arrived = sink.stats()["unique"]
+            time.sleep(0.3)
+        doomed.signal(signal.SIGKILL)
+        doomed.wait()
+    finally:
+        own_redis.process.send_signal(signal.SIGCONT)
+    recorded = sum(status(own_redis.url, i).status == "delivered" for i in ids)
+    assert recorded < arrived  # some deliveries' acks were still on the way: the case under test
+    start_worker(own_redis.url, sink.url, WORKER_ID="rescuer", WORKER_CONCURRENCY=16, FERRY_LEASE_SECONDS=1)
+    wait_until(lambda: all(status(own_redis.url, i).status == "delivered" for i in ids), timeout=60)
+    assert sink.stats()["unique"] == count
+    assert queue_length(own_redis.url) == 0
+    assert in_flight(own_redis.url, "doomed") == [] and in_flight(own_redis.url, "rescuer") == []
+    assert sink.stats()["duplicates"] >= arrived - recorded  # delivered again: at least once, never lost
+
+
+def test_acks_a_flushed_script_cache_refused_are_recorded_on_their_own(
+    redis_url: str, start_sink: StartSink, start_worker: StartWorker
+) -> None:
+    """A new master (or SCRIPT FLUSH) knows none of ferry's scripts: the acks a claim
+    carried come back NOSCRIPT. They go again on their own, which loads the script:
+    every message ends `delivered`, none left in flight, none delivered twice."""
+    count = 1500
+    ids = enqueue(redis_url, [b'{"n": %d}' % n for n in range(count)])
+    sink = start_sink("--latency-ms", "5")
+    start_worker(redis_url, sink.url, WORKER_ID="flushed", WORKER_CONCURRENCY=16)
+    redis = client(redis_url)
+    for unique in (200, 600, 1000):
+        wait_until(lambda: sink.stats()["unique"] >= unique, timeout=30, interval=0.005)
+        redis.script_flush()
+    wait_until(lambda: sink.stats()["unique"] == count, timeout=60)
+    wait_until(lambda: all(status(redis_url, i).status == "delivered" for i in ids), timeout=10)
+    assert in_flight(redis_url, "flushed") == []
+    assert sink.stats()["duplicates"] == 0
