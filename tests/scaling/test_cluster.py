@@ -1,6 +1,7 @@
 """Redis Cluster, one partition: ferry's keys in one slot, through redis-py's cluster client.
 
-Three masters with a replica each on loopback, made by `redis-cli --cluster create`.
+Three masters with a replica each on loopback, made by `redis-cli --cluster create`
+(the session's, shared with other modules: tests/scaling/conftest.py).
 With FERRY_PARTITIONS=1 (today's layout) the whole queue lives on the master that
 serves the slot of `message_queue`; the other masters hold nothing of ferry's.
 Strict mode's WAITAOF goes down the connection of the enqueue, to the master of the
@@ -245,6 +246,9 @@ def test_a_strict_enqueue_follows_a_reshard_of_the_queues_slot(cluster_set: Clus
     assert cluster_set.node_of_slot(QUEUE_SLOT) is target
     for message in (before, during, after):
         assert _stored_on(target, keys, message)
+    # Back where it was: the next module sharing the session's Cluster finds it as made.
+    _migrate_keys(target, source, QUEUE_SLOT)
+    _hand_over(cluster_set, source, QUEUE_SLOT)
 
 
 def _migrate_keys(source: Node, target: Node, slot: int) -> None:

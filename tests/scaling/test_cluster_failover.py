@@ -11,23 +11,27 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from redis.crc import key_slot
 
-from ferry.queue.keys import partition_names
-
-from tests.scaling.load import Load, delivered
-from tests.scaling.servers import PASSWORD, ClusterSet
+from ferry.queue.keys import Keys, partition_names
+from tests.scaling.load import (
+    Load,
+    delivered,
+    delivery_gap,
+    judge_failover,
+    load_until_resumed,
+    wait_for_renewed_leases,
+)
+from tests.scaling.servers import PASSWORD, ClusterSet, SharedCluster
 from tests.support.processes import FerryProcess, Proxy, Sink, bare_env, ferry_command, wait_until
 
 QUEUE_SLOT = key_slot(b"message_queue")
 NODE_TIMEOUT_MS = 1000  # how long a master may be unreachable before the others call it failed
 LEASE_SECONDS = 10  # well over a failover here: no lease may lapse in one
 LOAD_BEFORE_KILL_SECONDS = 2.0
-LOAD_AFTER_KILL_SECONDS = 9.0
-REPLICATION_LAG_SECONDS = 1.0  # normal mode may lose what the old master answered this long before it died
 PROXY_BOUND_SECONDS = LEASE_SECONDS / 2  # a proxy tries Redis again at every request
 # A worker's reconnect backoff doubles up to 5 s: a try just before the promotion may wait 3.2 s
 # more (measured gaps up to 4.8 s). Within this the leases (10 s) never lapse.
@@ -35,13 +39,12 @@ DELIVERY_BOUND_SECONDS = LEASE_SECONDS - 2
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSet]:
-    servers = ClusterSet(tmp_path_factory.mktemp("cluster-failover"), replicas=1, node_timeout_ms=NODE_TIMEOUT_MS)
-    try:
-        servers.start()
-        yield servers
-    finally:
-        servers.stop()
+def cluster(shared_cluster: SharedCluster) -> ClusterSet:
+    """The session's Cluster with this module's node timeout (the next module's `get` sets
+    the shared one back). Each failover leaves it whole: the killed master rejoins as a replica."""
+    servers = shared_cluster.get()
+    servers.set_node_timeout(NODE_TIMEOUT_MS)
+    return servers
 
 
 def test_queue_master_sigkilled_under_load_strict_replicas_lose_nothing_and_normal_mode_counts_its_loss(
@@ -75,53 +78,22 @@ def test_queue_master_sigkilled_under_load_strict_replicas_lose_nothing_and_norm
     old.start()
     wait_until(lambda: cluster.replicas_in_sync(new) >= 1, timeout=30, interval=0.02)
     rejoined_after = time.time() - killed_at
-    time.sleep(max(0.0, LOAD_AFTER_KILL_SECONDS - rejoined_after))
-    for load in loads.values():
-        load.stop()
-
-    for name, load in loads.items():
-        assert not load.unexpected, f"{name}: {load.unexpected[:5]}"
-    strict_ids = {answer.id for answer in loads["strict"].answers}
-    normal_ids = {answer.id for answer in loads["normal"].answers}
-    wait_until(lambda: strict_ids <= delivered(sink).keys(), timeout=30)
+    stopped_at = load_until_resumed(loads, sink, killed_at)
     master = new.client(password=PASSWORD)
-
-    def drained() -> bool:
-        in_flight = sum(master.zcard(key) for key in master.scan_iter("{message_queue}:inflight:*"))
-        return master.llen("message_queue") == 0 and master.zcard("{message_queue}:retry") == 0 and in_flight == 0
-
-    wait_until(drained, timeout=30)
-    stored = delivered(sink)
-
-    assert strict_ids - stored.keys() == set()
-    with master.pipeline(transaction=False) as pipe:
-        for message_id in strict_ids:
-            pipe.hget(f"{{message_queue}}:msg:{message_id}", "status")
-        assert set(pipe.execute()) == {b"delivered"}
-
-    answered = {answer.id: answer for answer in loads["normal"].answers}
-    lost = sorted(normal_ids - stored.keys())
-    for message_id in lost:
-        age = killed_at - answered[message_id].answered_at
-        assert 0 <= age < REPLICATION_LAG_SECONDS, f"{message_id} answered {age:.3f} s before the kill, lost"
-
-    resumed = {
-        name: min(answer.answered_at for answer in load.answers if answer.sent_at > killed_at + 0.001) - killed_at
-        for name, load in loads.items()
-    }
-    firsts = sorted(seen for seen in stored.values() if killed_at - 2 < seen < killed_at + LOAD_AFTER_KILL_SECONDS)
-    delivery_gap = max(later - earlier for earlier, later in zip(firsts, firsts[1:]))
+    failover = judge_failover(loads, sink, master, killed_at, stopped_at)
+    resumed = failover.resumed
     print(
         f"\ncluster failover: promoted after {promoted_after:.2f} s, old master a replica again after "
         f"{rejoined_after:.2f} s; normal proxy 202 again after {resumed['normal']:.2f} s, strict after "
-        f"{resumed['strict']:.2f} s; longest delivery gap {delivery_gap:.2f} s; strict {len(strict_ids)} answered, "
-        f"0 lost; normal {len(normal_ids)} answered, {len(lost)} lost; "
-        f"refusals {loads['strict'].refusals} / {loads['normal'].refusals}"
+        f"{resumed['strict']:.2f} s; longest delivery gap {failover.delivery_gap:.2f} s; strict "
+        f"{failover.strict_answered} answered, 0 lost; normal {failover.normal_answered} answered, "
+        f"{len(failover.lost)} lost; refusals {loads['strict'].refusals} / {loads['normal'].refusals}"
     )
     assert resumed["normal"] < PROXY_BOUND_SECONDS, resumed
     assert resumed["strict"] - rejoined_after < PROXY_BOUND_SECONDS, (resumed, rejoined_after)
-    assert delivery_gap < DELIVERY_BOUND_SECONDS, delivery_gap
+    assert failover.delivery_gap < DELIVERY_BOUND_SECONDS, failover.delivery_gap
 
+    wait_for_renewed_leases(master, Keys(), workers, killed_at, LEASE_SECONDS)
     for worker in workers:
         assert "fenced off" not in worker.log(), f"{worker.env['WORKER_ID']}: a lease lapsed in the failover"
         assert worker.process is not None and worker.process.poll() is None, worker.log()
@@ -159,7 +131,8 @@ def test_a_partitions_master_sigkilled_under_a_strict_load_loses_nothing(
     load.start()
     time.sleep(LOAD_BEFORE_KILL_SECONDS)
 
-    slot = key_slot(partition_names("message_queue", 3)[1].encode())
+    name = partition_names("message_queue", 3)[1]
+    slot = key_slot(name.encode())
     old = cluster.node_of_slot(slot)
     old.kill()
     killed_at = time.time()
@@ -167,8 +140,8 @@ def test_a_partitions_master_sigkilled_under_a_strict_load_loses_nothing(
     promoted_at = time.time()
     old.start()
     wait_until(lambda: cluster.replicas_in_sync(new) >= 1, timeout=30, interval=0.02)
-    time.sleep(max(0.0, killed_at + LOAD_AFTER_KILL_SECONDS - time.time()))
-    load.stop()
+    master = new.client(password=PASSWORD)
+    stopped_at = load_until_resumed({"strict": load}, sink, killed_at, partition=(master, Keys(queue=name)))
 
     assert not load.unexpected, load.unexpected[:5]
     answered = {answer.id for answer in load.answers}
@@ -176,13 +149,13 @@ def test_a_partitions_master_sigkilled_under_a_strict_load_loses_nothing(
     for answer in load.answers[::10]:  # status from whichever partition holds it
         _, _, body = strict.request("GET", f"/api/v1/messages/{answer.id}")
         assert body["status"] == "delivered", body
-    firsts = sorted(seen for seen in delivered(sink).values() if killed_at - 2 < seen < killed_at + LOAD_AFTER_KILL_SECONDS)
-    gap = max(later - earlier for earlier, later in zip(firsts, firsts[1:]))
+    gap = delivery_gap(sink, killed_at, stopped_at)
     print(f"\npartition 1's master killed: promoted after {promoted_at - killed_at:.2f} s, longest delivery gap "
           f"{gap:.2f} s; {len(answered)} answered, 0 lost; refusals {load.refusals}")
     # Measured: the other partitions paused too, for about as long as the failover (see
     # docs/scaling.md); every partition is back within the bound of one.
     assert gap < DELIVERY_BOUND_SECONDS, gap
+    wait_for_renewed_leases(master, Keys(queue=name), workers, killed_at, LEASE_SECONDS)
     for worker in workers:
         assert "fenced off" not in worker.log(), f"{worker.env['WORKER_ID']}: a lease lapsed in the failover"
         assert worker.process is not None and worker.process.poll() is None, worker.log()

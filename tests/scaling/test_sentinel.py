@@ -19,16 +19,15 @@ import pytest
 from ferry.queue import Queue
 from ferry.queue.connection import connect
 from ferry.queue.errors import WritesRefused
+from ferry.queue.keys import Keys
 from ferry.queue.message import NewMessage, new_message_id
-from tests.scaling.load import Load, delivered
+from tests.scaling.load import Load, judge_failover, load_until_resumed, wait_for_renewed_leases
 from tests.scaling.servers import PASSWORD, SERVICE, SentinelSet
 from tests.support.processes import FerryProcess, Proxy, Sink, bare_env, ferry_command, wait_until
 
 LONG_LEASE_SECONDS = 10  # well over a failover here: such a lease must never lapse in one
 SHORT_LEASE_SECONDS = 1  # under a failover: such a lease may lapse, and fencing must make that harmless
 LOAD_BEFORE_KILL_SECONDS = 2.0
-LOAD_AFTER_KILL_SECONDS = 6.0
-REPLICATION_LAG_SECONDS = 1.0  # normal mode may lose what the old master answered this long before it died
 
 
 def _message(body: bytes = b"{}") -> NewMessage:
@@ -119,60 +118,27 @@ def test_master_sigkilled_under_load_strict_replicas_lose_nothing_and_normal_mod
     killed_at = time.time()
     new = sentinel_set.wait_for_new_master(old)
     promoted_after = time.time() - killed_at
-    time.sleep(max(0.0, LOAD_AFTER_KILL_SECONDS - promoted_after))
-    for load in loads.values():
-        load.stop()
-
-    for name, load in loads.items():
-        assert not load.unexpected, f"{name}: {load.unexpected[:5]}"
-    strict_ids = {answer.id for answer in loads["strict"].answers}
-    normal_ids = {answer.id for answer in loads["normal"].answers}
-    wait_until(lambda: strict_ids <= delivered(sink).keys(), timeout=30)
+    stopped_at = load_until_resumed(loads, sink, killed_at)
     master = new.client(password=PASSWORD)
-
-    def drained() -> bool:
-        in_flight = sum(master.zcard(key) for key in master.scan_iter("{message_queue}:inflight:*"))
-        return master.llen("message_queue") == 0 and master.zcard("{message_queue}:retry") == 0 and in_flight == 0
-
-    wait_until(drained, timeout=30)
-    stored = delivered(sink)
-
-    # Strict, one replica: nothing answered 202 is lost, and its status says delivered.
-    assert strict_ids - stored.keys() == set()
-    with master.pipeline(transaction=False) as pipe:
-        for message_id in strict_ids:
-            pipe.hget(f"{{message_queue}}:msg:{message_id}", "status")
-        assert set(pipe.execute()) == {b"delivered"}
-
-    # Normal: the loss is what the old master acknowledged just before it died, and no more.
-    answered = {answer.id: answer for answer in loads["normal"].answers}
-    lost = sorted(normal_ids - stored.keys())
-    for message_id in lost:
-        age = killed_at - answered[message_id].answered_at
-        assert 0 <= age < REPLICATION_LAG_SECONDS, f"{message_id} answered {age:.3f} s before the kill, lost"
-
-    # The bounds: from the kill to each proxy's first 202 after it, and the longest
-    # time without a new delivery at the sink around it.
-    resumed = {
-        name: min(answer.answered_at for answer in load.answers if answer.sent_at > killed_at + 0.001) - killed_at
-        for name, load in loads.items()
-    }
-    firsts = sorted(seen for seen in stored.values() if killed_at - 2 < seen < killed_at + LOAD_AFTER_KILL_SECONDS)
-    delivery_gap = max(later - earlier for earlier, later in zip(firsts, firsts[1:]))
+    failover = judge_failover(loads, sink, master, killed_at, stopped_at)
     print(
-        f"\nfailover: promoted after {promoted_after:.2f} s; strict proxy 202 again after {resumed['strict']:.2f} s, "
-        f"normal after {resumed['normal']:.2f} s; longest delivery gap {delivery_gap:.2f} s; "
-        f"strict {len(strict_ids)} answered, 0 lost; normal {len(normal_ids)} answered, {len(lost)} lost; "
-        f"refusals {loads['strict'].refusals} / {loads['normal'].refusals}; the 1 s-lease worker "
+        f"\nfailover: promoted after {promoted_after:.2f} s; strict proxy 202 again after "
+        f"{failover.resumed['strict']:.2f} s, normal after {failover.resumed['normal']:.2f} s; longest delivery "
+        f"gap {failover.delivery_gap:.2f} s; strict {failover.strict_answered} answered, 0 lost; normal "
+        f"{failover.normal_answered} answered, {len(failover.lost)} lost; refusals {loads['strict'].refusals} / "
+        f"{loads['normal'].refusals}; the 1 s-lease worker "
         f"{'was fenced off and rejoined' if 'fenced off' in workers[2].log() else 'kept its lease'}"
     )
+    # The bounds: from the kill to each proxy's first 202 after it, and the longest
+    # time without a new delivery at the sink around it.
     bound = LONG_LEASE_SECONDS / 2
-    assert max(*resumed.values(), delivery_gap) < bound, (resumed, delivery_gap)
+    assert max(*failover.resumed.values(), failover.delivery_gap) < bound, failover
 
     logs = {worker.args[0] + ":" + worker.env["WORKER_ID"]: worker.log() for worker in workers}
     logs |= {"strict proxy": strict.log(), "normal proxy": normal.log()}
     for name, text in logs.items():
         assert PASSWORD not in text, f"{name} logged the Redis password"
+    wait_for_renewed_leases(master, Keys(), workers[:2], killed_at, LONG_LEASE_SECONDS)
     for worker in workers[:2]:
         assert "fenced off" not in worker.log(), f"{worker.env['WORKER_ID']}: a long lease lapsed in the failover"
     for worker in workers:
