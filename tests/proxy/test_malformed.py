@@ -15,6 +15,7 @@ import pytest
 from tests.support.certs import CertFiles
 from tests.support.inspect import client, queue_length
 from tests.support.processes import Proxy
+from tests.support.raw_http import read_to_close
 
 StartProxy = Callable[..., Proxy]
 
@@ -24,16 +25,10 @@ AUTH = b"Authorization: Bearer test-key\r\n"
 def exchange(proxy: Proxy, certs: CertFiles, request: bytes) -> bytes:
     """`request` as given on one TLS connection; all the proxy sends until it closes."""
     context = ssl.create_default_context(cafile=str(certs.ca))
-    answer = b""
     with socket.create_connection(("localhost", proxy.port), timeout=15) as raw:
         with context.wrap_socket(raw, server_hostname="localhost") as tls:
             tls.sendall(request)
-            try:
-                while chunk := tls.recv(65536):
-                    answer += chunk
-            except (ConnectionResetError, ssl.SSLError):
-                pass
-    return answer
+            return read_to_close(tls, ends=(ConnectionResetError, ssl.SSLError))
 
 
 def answers(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:

@@ -26,6 +26,7 @@ import pytest
 from tests.support.certs import CertFiles
 from tests.support.inspect import client, queue_length, scrape_text
 from tests.support.processes import Proxy, bare_env, ferry_command, wait_until
+from tests.support.raw_http import read_to_close
 from tests.support.servers import RedisProcess, free_port
 
 StartProxy = Callable[..., Proxy]
@@ -176,10 +177,7 @@ def raw_exchange(proxy: Proxy, certs: CertFiles, *sends: bytes, pause: float = 0
             for data in sends:
                 tls.sendall(data)
                 time.sleep(pause)
-            answer = b""
-            while chunk := tls.recv(65536):
-                answer += chunk
-    return answer
+            return read_to_close(tls)
 
 
 def post_bytes(body: bytes, *extra: bytes) -> bytes:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from tests.support.inspect import client, queue_length
 from tests.support.processes import Proxy
+from tests.support.raw_http import read_to_close
 from tests.support.servers import RedisProcess
 
 API_KEY = "fuzz-key"
@@ -113,15 +114,9 @@ def test_any_body_and_headers_are_stored_exactly_or_refused_cleanly(
 
 def raw_exchange(port: int, request: bytes) -> bytes:
     """Send bytes as they are; return what comes back before the server closes or goes quiet."""
-    answer = b""
     with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
         sock.sendall(request)
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except TimeoutError:
-            pass
-    return answer
+        return read_to_close(sock, ends=(TimeoutError,))
 
 
 def request_head(length: str, extra: bytes = b"") -> bytes:
