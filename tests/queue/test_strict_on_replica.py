@@ -22,6 +22,7 @@ def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     master, follower = RedisProcess("valkey", directory / "master"), RedisProcess("valkey", directory / "replica")
     master.start()
     follower.start()
+    master.client().config_set("repl-diskless-sync-delay", 0)  # the replica syncs at once, not 5 s later
     follower.client().replicaof("127.0.0.1", master.port)
     wait_until(lambda: follower.client().info("replication")["master_link_status"] == "up")
     yield follower
