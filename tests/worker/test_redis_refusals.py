@@ -282,7 +282,7 @@ def test_a_worker_whose_lease_cannot_be_renewed_starts_no_delivery_that_could_ou
     logs: list[dict[str, Any]],
 ) -> None:
     sink = start_sink()
-    sink.faults(latency_ms=50)  # one at a time, 20 a second: far more than a lease's worth is queued
+    sink.faults(latency_ms=50)  # one at a time, 20 a second: well over a lease's worth (30) is queued
     settings = worker_settings(redis_url, sink, certs, "lapsing", WORKER_CONCURRENCY="1", FERRY_LEASE_SECONDS="1.5")
     lease = settings.lease_seconds
     heartbeats_fail = threading.Event()
@@ -309,7 +309,7 @@ def test_a_worker_whose_lease_cannot_be_renewed_starts_no_delivery_that_could_ou
         worker.deliverer.deliver = deliver  # type: ignore[method-assign]
 
     thread = run_worker_thread(settings, prepare)
-    ids = enqueue(redis_url, [b'{"n": %d}' % n for n in range(100)])
+    ids = enqueue(redis_url, [b'{"n": %d}' % n for n in range(60)])
     wait_until(unique(sink, 3))
 
     heartbeats_fail.set()
