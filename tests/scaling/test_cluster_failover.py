@@ -25,7 +25,7 @@ from tests.scaling.load import (
     load_until_resumed,
     wait_for_renewed_leases,
 )
-from tests.scaling.servers import PASSWORD, ClusterSet, SharedCluster
+from tests.scaling.servers import PASSWORD, ClusterSet
 from tests.support.processes import FerryProcess, Proxy, Sink, bare_env, ferry_command, wait_until
 
 QUEUE_SLOT = key_slot(b"message_queue")
@@ -39,12 +39,11 @@ DELIVERY_BOUND_SECONDS = LEASE_SECONDS - 2
 
 
 @pytest.fixture(scope="module")
-def cluster(shared_cluster: SharedCluster) -> ClusterSet:
-    """The session's Cluster with this module's node timeout (the next module's `get` sets
+def cluster(module_cluster: ClusterSet) -> ClusterSet:
+    """The session's Cluster with this module's node timeout (the next module to get it sets
     the shared one back). Each failover leaves it whole: the killed master rejoins as a replica."""
-    servers = shared_cluster.get()
-    servers.set_node_timeout(NODE_TIMEOUT_MS)
-    return servers
+    module_cluster.set_node_timeout(NODE_TIMEOUT_MS)
+    return module_cluster
 
 
 def test_queue_master_sigkilled_under_load_strict_replicas_lose_nothing_and_normal_mode_counts_its_loss(
