@@ -175,12 +175,22 @@ class SentinelSet:
         return info.get("role") == "master" and sum(replica.get("state") == "online" for replica in online) >= count
 
     def _sentinels_agree(self) -> bool:
+        """Every sentinel knows both replicas and both peers, and has live links to them all.
+        Known from its config file, each is counted at once; one not yet reached is flagged
+        down a moment later, and a failover then (to a replica it cannot reach, say) misses
+        a step: a replica left following the old master for seconds."""
         for sentinel in self.sentinels:
             try:
-                state = sentinel.client().sentinel_master(SERVICE)
+                client = sentinel.client()
+                state = client.sentinel_master(SERVICE)
+                linked = [*client.sentinel_slaves(SERVICE), *client.sentinel_sentinels(SERVICE)]
             except redis.RedisError:
                 return False
-            if state["num-other-sentinels"] < 2 or state["num-slaves"] < 2:
+            if state["num-other-sentinels"] < 2 or state["num-slaves"] < 2 or len(linked) < 4:
+                return False
+            if any(entry["is_sdown"] or entry["is_disconnected"] for entry in linked):
+                return False
+            if any(int(entry["last-ok-ping-reply"]) >= DOWN_AFTER_MS for entry in linked):
                 return False
         return True
 
