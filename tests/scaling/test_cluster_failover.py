@@ -1,10 +1,11 @@
 """Redis Cluster failover: the master of the queue's slot SIGKILLed under load, its replica promoted.
 
-Three masters with a replica each (Valkey, `cluster-node-timeout 1000`), made by
-`redis-cli --cluster create`; a strict proxy with FERRY_STRICT_REPLICAS=1 and a normal
-one, three workers and `ferry sink`. The killed master is started again once its
-replica took over, as a supervisor would start it: it rejoins as the new master's
-replica, and only then can a strict 202 be confirmed by a replica again.
+Three masters with a replica each (Valkey), made by `redis-cli --cluster create`: the
+session's Cluster, with `cluster-node-timeout 1000` for this module; a strict proxy with
+FERRY_STRICT_REPLICAS=1 and a normal one, three workers and `ferry sink`. The killed
+master is started again once its replica took over, as a supervisor would start it: it
+rejoins as the new master's replica, and only then can a strict 202 be confirmed by a
+replica again.
 """
 
 from __future__ import annotations
