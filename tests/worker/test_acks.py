@@ -5,10 +5,13 @@ delivered again."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections.abc import Callable
 
+from ferry.queue.message import Message
+from ferry.worker.acks import LINGER_SECONDS, Acks
 from tests.support.inspect import client, enqueue, in_flight, queue_length, status
 from tests.support.processes import FerryProcess, Sink, wait_until
 from tests.support.servers import RedisProcess
@@ -67,3 +70,56 @@ def test_acks_a_flushed_script_cache_refused_are_recorded_on_their_own(
     wait_until(lambda: all(status(redis_url, i).status == "delivered" for i in ids), timeout=10)
     assert in_flight(redis_url, "flushed") == []
     assert sink.stats()["duplicates"] == 0
+
+
+def message(message_id: str) -> Message:
+    return Message(id=message_id, body=b"{}", content_type="application/json", attempt=1, created_at_ms=0)
+
+
+class Recorder:
+    """What `Acks.run` records, call by call (the worker's would be one ack.lua call each)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    async def record(self, batch: list[Message]) -> None:
+        self.calls.append([m.id for m in batch])
+
+
+async def test_acks_a_claim_gave_back_go_on_their_own_though_claims_keep_coming() -> None:
+    """A claim's carried acks came back NOSCRIPT: the next claim does not carry them again
+    (it would meet the same refusal); they go in one call of their own at once."""
+    recorder = Recorder()
+    acks = Acks(recorder.record, lambda batch: None)
+    running = asyncio.create_task(acks.run())
+    try:
+        acks.claim_coming = True
+        acks.add(message("a"))
+        acks.add(message("b"))
+        carried = acks.take()
+        assert [m.id for m in carried] == ["a", "b"]
+        acks.give_back(carried)
+        assert acks.take() == []
+        await asyncio.wait_for(acks.settled(), LINGER_SECONDS / 2)
+        assert recorder.calls == [["a", "b"]]
+    finally:
+        running.cancel()
+
+
+async def test_acks_wait_for_a_coming_claim_no_longer_than_the_linger() -> None:
+    recorder = Recorder()
+    acks = Acks(recorder.record, lambda batch: None)
+    running = asyncio.create_task(acks.run())
+    try:
+        acks.claim_coming = True
+        acks.add(message("a"))
+        await asyncio.sleep(LINGER_SECONDS / 3)
+        assert recorder.calls == []  # left for the claim
+        await asyncio.wait_for(acks.settled(), 5 * LINGER_SECONDS)
+        assert recorder.calls == [["a"]]  # the claim never came: on its own
+        acks.claim_coming = False
+        acks.add(message("b"))
+        await asyncio.wait_for(acks.settled(), LINGER_SECONDS / 2)  # no claim coming: at once
+        assert recorder.calls == [["a"], ["b"]]
+    finally:
+        running.cancel()

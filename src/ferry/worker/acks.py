@@ -62,8 +62,9 @@ class Acks:
     def take(self) -> list[Message]:
         """All pending acks, for a claim to carry; `done` or `give_back` once it answered.
         None while acks a claim gave back wait to go on their own."""
-        if self._alone:
-            return []
+        return [] if self._alone else self._take_all()
+
+    def _take_all(self) -> list[Message]:
         taken, self._pending = self._pending, []
         self._out += len(taken)
         return taken
@@ -100,7 +101,7 @@ class Acks:
             if self.claim_coming and not self._alone and waited < LINGER_SECONDS:
                 await asyncio.sleep(LINGER_SECONDS - waited)  # not woken by each ack added meanwhile
                 continue
-            batch = self.take()
+            batch = self._take_all()
             try:
                 await self._record(batch)
             except BaseException:
