@@ -8,10 +8,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
+import pytest
+
+import ferry.worker.acks as acks_module
 from ferry.queue.message import Message
-from ferry.worker.acks import LINGER_SECONDS, Acks
+from ferry.worker.acks import Acks
 from tests.support.inspect import client, enqueue, in_flight, queue_length, status
 from tests.support.processes import FerryProcess, Sink, wait_until
 from tests.support.servers import RedisProcess
@@ -28,7 +32,7 @@ def test_a_worker_killed_before_its_acks_are_recorded_loses_nothing(
     another worker delivers them again: every message delivered, none stranded."""
     count = 300
     ids = enqueue(own_redis.url, [b'{"n": %d}' % n for n in range(count)])
-    sink = start_sink("--latency-ms", "20")
+    sink = start_sink("--latency-ms", "200")  # 16 POSTs in flight whenever Redis stops
     doomed = start_worker(own_redis.url, sink.url, WORKER_ID="doomed", WORKER_CONCURRENCY=16, FERRY_LEASE_SECONDS=1)
     wait_until(lambda: sink.stats()["unique"] >= 40, timeout=30, interval=0.005)
     assert own_redis.process is not None
@@ -37,7 +41,7 @@ def test_a_worker_killed_before_its_acks_are_recorded_loses_nothing(
         arrived = -1
         while arrived != sink.stats()["unique"]:  # what it had claimed ahead is POSTed too
             arrived = sink.stats()["unique"]
-            time.sleep(0.3)
+            time.sleep(0.6)  # longer than a POST
         doomed.signal(signal.SIGKILL)
         doomed.wait()
     finally:
@@ -86,13 +90,22 @@ class Recorder:
         self.calls.append([m.id for m in batch])
 
 
-async def test_acks_a_claim_gave_back_go_on_their_own_though_claims_keep_coming() -> None:
-    """A claim's carried acks came back NOSCRIPT: the next claim does not carry them again
-    (it would meet the same refusal); they go in one call of their own at once."""
+@asynccontextmanager
+async def running_acks() -> AsyncIterator[tuple[Acks, Recorder]]:
+    """An `Acks` whose loop runs, recording into a `Recorder`."""
     recorder = Recorder()
     acks = Acks(recorder.record, lambda batch: None)
     running = asyncio.create_task(acks.run())
     try:
+        yield acks, recorder
+    finally:
+        running.cancel()
+
+
+async def test_acks_a_claim_gave_back_go_on_their_own_though_claims_keep_coming() -> None:
+    """A claim's carried acks came back NOSCRIPT: the next claim does not carry them again
+    (it would meet the same refusal); they go in one call of their own, without lingering."""
+    async with running_acks() as (acks, recorder):
         acks.claim_coming = True
         acks.add(message("a"))
         acks.add(message("b"))
@@ -100,26 +113,32 @@ async def test_acks_a_claim_gave_back_go_on_their_own_though_claims_keep_coming(
         assert [m.id for m in carried] == ["a", "b"]
         acks.give_back(carried)
         assert acks.take() == []
-        await asyncio.wait_for(acks.settled(), LINGER_SECONDS / 2)
+        await asyncio.wait_for(acks.settled(), 5)
         assert recorder.calls == [["a", "b"]]
-    finally:
-        running.cancel()
 
 
-async def test_acks_wait_for_a_coming_claim_no_longer_than_the_linger() -> None:
-    recorder = Recorder()
-    acks = Acks(recorder.record, lambda batch: None)
-    running = asyncio.create_task(acks.run())
-    try:
+async def test_acks_are_left_for_a_coming_claim_and_sent_alone_when_none_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(A loop lingering when the claim stops coming sends at the linger's end: in the
+    worker, 10 ms at most.)"""
+    monkeypatch.setattr(acks_module, "LINGER_SECONDS", 0.5)
+    async with running_acks() as (acks, recorder):
         acks.claim_coming = True
         acks.add(message("a"))
-        await asyncio.sleep(LINGER_SECONDS / 3)
-        assert recorder.calls == []  # left for the claim
-        await asyncio.wait_for(acks.settled(), 5 * LINGER_SECONDS)
-        assert recorder.calls == [["a"]]  # the claim never came: on its own
+        for _ in range(5):
+            await asyncio.sleep(0)  # the loop runs, and holds off
+        carried = acks.take()
+        assert [m.id for m in carried] == ["a"] and recorder.calls == []
+        acks.done(carried)
         acks.claim_coming = False
         acks.add(message("b"))
-        await asyncio.wait_for(acks.settled(), LINGER_SECONDS / 2)  # no claim coming: at once
-        assert recorder.calls == [["a"], ["b"]]
-    finally:
-        running.cancel()
+        await asyncio.wait_for(acks.settled(), 5)
+        assert recorder.calls == [["b"]]
+
+
+async def test_acks_a_claim_was_coming_for_go_alone_after_the_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(acks_module, "LINGER_SECONDS", 0.05)
+    async with running_acks() as (acks, recorder):
+        acks.claim_coming = True  # and it never comes
+        acks.add(message("a"))
+        await asyncio.wait_for(acks.settled(), 5)
+        assert recorder.calls == [["a"]]
