@@ -131,6 +131,28 @@ def delivered(sink: Sink) -> dict[str, float]:
         return dict(connection.execute("SELECT id, first_seen FROM messages").fetchall())
 
 
+def post_each(proxy: Proxy, sink: Sink, count: int) -> list[str]:
+    """POST `count` messages one after another, each answered 202, and wait until the sink
+    has them all: their ids."""
+    answered = []
+    for number in range(count):
+        status, _, body = proxy.post(b'{"n": %d}' % number)
+        assert status == 202, body
+        answered.append(body["id"])
+    wait_until(lambda: set(answered) <= delivered(sink).keys(), timeout=30)
+    return answered
+
+
+def start_loads(strict: Proxy, normal: Proxy, before_kill_seconds: float) -> dict[str, Load]:
+    """A load through each proxy, running `before_kill_seconds` already. A strict 202 waits for
+    a replica's fsync (reported once a second): more senders, whose messages the proxy stores together."""
+    loads = {"strict": Load(strict, "strict", threads=8, interval_seconds=0), "normal": Load(normal, "normal")}
+    for load in loads.values():
+        load.start()
+    time.sleep(before_kill_seconds)
+    return loads
+
+
 def load_until_resumed(
     loads: dict[str, Load],
     sink: Sink,

@@ -25,7 +25,7 @@ from ferry.queue import Queue
 from ferry.queue.connection import UnsafeRedis, check_server, connect
 from ferry.queue.keys import Keys
 from ferry.queue.message import NewMessage, new_message_id
-from tests.scaling.load import Load, delivered
+from tests.scaling.load import Load, delivered, post_each
 from tests.scaling.servers import PASSWORD, ClusterSet, Node
 from tests.support.processes import FerryProcess, Proxy, Sink, wait_until
 
@@ -118,12 +118,7 @@ def test_a_strict_proxy_answers_202_once_the_queues_master_and_its_replica_fsync
     sink = start_sink()
     start_worker(cluster_set.url, sink.url, WORKER_ID="strict-cluster")
     proxy = start_proxy(cluster_set.url, FERRY_DURABILITY="strict", FERRY_STRICT_REPLICAS=1)
-    answered = []
-    for number in range(5):
-        status, _, body = proxy.post(b'{"n": %d}' % number)
-        assert status == 202, body
-        answered.append(body["id"])
-    wait_until(lambda: set(answered) <= delivered(sink).keys(), timeout=30)
+    post_each(proxy, sink, 5)
     assert _waits(home) - waits_before[home.port] >= 5
     for node in others:
         assert _waits(node) == waits_before[node.port]
@@ -142,12 +137,7 @@ def test_a_strict_proxy_with_a_partition_per_master_waits_on_each_partitions_mas
     sink = start_sink()
     start_worker(cluster_set.url, sink.url, WORKER_ID="partitions", FERRY_PARTITIONS=3)
     proxy = start_proxy(cluster_set.url, FERRY_DURABILITY="strict", FERRY_STRICT_REPLICAS=1, FERRY_PARTITIONS=3)
-    answered = []
-    for number in range(6):
-        status, _, body = proxy.post(b'{"n": %d}' % number)
-        assert status == 202, body
-        answered.append(body["id"])
-    wait_until(lambda: set(answered) <= delivered(sink).keys(), timeout=30)
+    post_each(proxy, sink, 6)
     for node in cluster_set.masters():
         assert _waits(node) > waits_before[node.port], f"no WAITAOF on the master on port {node.port}"
     assert "FERRY_STRICT_REPLICAS" not in proxy.log()

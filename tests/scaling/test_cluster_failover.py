@@ -24,6 +24,7 @@ from tests.scaling.load import (
     delivery_gap,
     judge_failover,
     load_until_resumed,
+    start_loads,
     wait_for_renewed_leases,
 )
 from tests.scaling.servers import PASSWORD, ClusterSet
@@ -64,11 +65,7 @@ def test_queue_master_sigkilled_under_load_strict_replicas_lose_nothing_and_norm
     workers = [start_worker(url, sink.url, WORKER_ID=f"w{n}", FERRY_LEASE_SECONDS=LEASE_SECONDS) for n in range(3)]
     strict = start_proxy(url, FERRY_DURABILITY="strict", FERRY_STRICT_REPLICAS=1)
     normal = start_proxy(url)
-    # A strict 202 waits for a replica's fsync: more senders, whose messages the proxy stores together.
-    loads = {"strict": Load(strict, "strict", threads=8, interval_seconds=0), "normal": Load(normal, "normal")}
-    for load in loads.values():
-        load.start()
-    time.sleep(LOAD_BEFORE_KILL_SECONDS)
+    loads = start_loads(strict, normal, LOAD_BEFORE_KILL_SECONDS)
 
     old = cluster.node_of_slot(QUEUE_SLOT)
     old.kill()

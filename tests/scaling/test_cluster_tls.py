@@ -16,7 +16,7 @@ from ferry.queue import Queue
 from ferry.queue.connection import connect
 from ferry.queue.errors import RedisFailure
 from ferry.queue.message import NewMessage, new_message_id
-from tests.scaling.load import delivered
+from tests.scaling.load import delivered, post_each
 from tests.scaling.servers import PASSWORD, ClusterSet
 from tests.support.certs import CertFiles
 from tests.support.processes import FerryProcess, Proxy, Sink, wait_until
@@ -46,12 +46,7 @@ def test_a_proxy_and_a_worker_deliver_through_a_tls_only_cluster(
     sink = start_sink()
     worker = start_worker(url, sink.url)
     proxy = start_proxy(url)
-    answered = []
-    for number in range(10):
-        status, _, body = proxy.post(b'{"n": %d}' % number)
-        assert status == 202, body
-        answered.append(body["id"])
-    wait_until(lambda: set(answered) <= delivered(sink).keys(), timeout=30)
+    post_each(proxy, sink, 10)
     for text in (proxy.log(), worker.log()):
         assert PASSWORD not in text
 

@@ -21,7 +21,7 @@ from ferry.queue.connection import connect
 from ferry.queue.errors import WritesRefused
 from ferry.queue.keys import Keys
 from ferry.queue.message import NewMessage, new_message_id
-from tests.scaling.load import Load, judge_failover, load_until_resumed, wait_for_renewed_leases
+from tests.scaling.load import Load, judge_failover, load_until_resumed, start_loads, wait_for_renewed_leases
 from tests.scaling.servers import PASSWORD, SERVICE, SentinelSet
 from tests.support.processes import FerryProcess, Proxy, Sink, bare_env, ferry_command, wait_until
 
@@ -107,12 +107,7 @@ def test_master_sigkilled_under_load_strict_replicas_lose_nothing_and_normal_mod
     ]
     strict = start_proxy(url, FERRY_DURABILITY="strict", FERRY_STRICT_REPLICAS=1)
     normal = start_proxy(url)
-    # A strict 202 with a replica takes about a second (a replica reports its fsync once a
-    # second): more senders, whose messages the proxy stores together.
-    loads = {"strict": Load(strict, "strict", threads=8, interval_seconds=0), "normal": Load(normal, "normal")}
-    for load in loads.values():
-        load.start()
-    time.sleep(LOAD_BEFORE_KILL_SECONDS)
+    loads = start_loads(strict, normal, LOAD_BEFORE_KILL_SECONDS)
 
     old = sentinel_set.kill_master()
     killed_at = time.time()
