@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import socket
+import uuid
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,6 +78,7 @@ class WorkerMetrics:
         self.end_to_end_seconds = self._end_to_end.labels(worker_id)
 
 
+RUN_INFO = "ferry_proxy_run_info"
 REQUEST_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
@@ -97,6 +100,7 @@ class ProxyMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.run = proxy_run()
         self.requests = Counter(
             "proxy_requests", "HTTP requests answered.", ["method", "route", "status"], registry=self.registry
         )
@@ -163,11 +167,32 @@ class ProxyMetrics:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         text = generate_latest(registry)
+        live = CollectorRegistry()
+        live.register(RunCollector(self.run))
         if snapshot is not None:
-            live = CollectorRegistry()
             live.register(QueueCollector(snapshot))
-            text += generate_latest(live)
-        return text
+        return text + generate_latest(live)
+
+
+def proxy_run() -> str:
+    """This `ferry proxy` run: its host and its metrics directory (one per run, shared by its
+    processes), or a token of this process where there is none."""
+    shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    token = os.path.basename(shared.rstrip("/")) if shared else uuid.uuid4().hex[:12]
+    return f"{socket.gethostname()}/{token}"
+
+
+class RunCollector(Collector):
+    """`ferry_proxy_run_info{run}`: which instance answered a scrape. Behind a load balancer
+    each scrape may reach another instance; `ferry verify` differences only pages of one run."""
+
+    def __init__(self, run: str) -> None:
+        self.run = run
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(RUN_INFO, "Which proxy run answered (value 1).", labels=["run"])
+        family.add_metric([self.run], 1)
+        yield family
 
 
 @dataclass(slots=True)

@@ -172,9 +172,10 @@ proxy_requests_total{{method="GET",route="/api/v1/health",status="200"}} 999
 """
 
 
-def page(fast: int, slow: int, errors: int = 0):  # type: ignore[no-untyped-def]
+def page(fast: int, slow: int, errors: int = 0, run: str = ""):  # type: ignore[no-untyped-def]
     total = fast + slow
-    return parse(PROXY_PAGE.format(fast=fast, total=total, ok=total - errors, errors=errors))
+    text = PROXY_PAGE.format(fast=fast, total=total, ok=total - errors, errors=errors)
+    return parse(text + (f'ferry_proxy_run_info{{run="{run}"}} 1\n' if run else ""))
 
 
 def test_proxy_p95_over_the_window_is_the_difference_of_two_scrapes() -> None:
@@ -183,6 +184,18 @@ def test_proxy_p95_over_the_window_is_the_difference_of_two_scrapes() -> None:
     check = judge_proxies([ok, slow])
     assert check.proxies[0].p95_seconds is not None and check.proxies[0].p95_seconds < 1
     assert [(p.code, p.subject) for p in check.problems] == [("proxy_slow", "https://p2")]
+
+
+def test_behind_a_load_balancer_each_instances_scrapes_are_differenced_on_their_own() -> None:
+    """nginx hands each scrape to one of three instances: a's 100 fast requests and c's 40
+    slow ones happened in the window; b answered one scrape, which says nothing about it.
+    Differenced across instances, b's 9,000 earlier requests would count, and a's page
+    minus c's would be negative."""
+    pages = [page(1000, 0, run="a"), page(9000, 0, run="b"), page(5000, 0, run="c"),
+             page(1100, 0, run="a"), page(5000, 40, run="c")]
+    [result] = judge_proxies([ProxySeries("https://lb", [HealthProbe(200)] * 5, pages)]).proxies
+    assert result.requests == 140
+    assert result.p95_seconds is not None and result.p95_seconds > 1  # c's slow 40 are over the 5 %
 
 
 def test_a_silent_or_unhealthy_proxy_fails_by_name() -> None:

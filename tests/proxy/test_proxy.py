@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import socket
 import ssl
 import subprocess
@@ -396,11 +397,14 @@ def test_metrics_sum_every_process(redis_url: str, start_proxy: StartProxy) -> N
     answered = 'proxy_requests_total{method="POST",route="/api/v1/messages",status="202"} 200.0'
     # Each process writes its tally every second: within that, a scrape sees both.
     wait_until(lambda: answered in scrape_text(proxy.base + "/metrics", proxy.context()), timeout=5)
+    runs = set()
     for _ in range(12):  # each scrape is answered by one process or the other: all must see 200
         text = scrape_text(proxy.base + "/metrics", proxy.context())
         assert answered in text
         assert "redis_queue_size 200.0" in text
         assert "proxy_messages_accepted_total 200.0" in text
+        runs |= set(re.findall(r'^ferry_proxy_run_info\{run="([^"]+)"\} 1.0$', text, re.MULTILINE))
+    assert len(runs) == 1  # one instance, whichever of its processes answers (verify differences by it)
     assert queue_length(redis_url) == 200
     route = 'method="POST",route="/api/v1/messages"'
     assert f"proxy_requests_duration_seconds_count{{{route}}} 200.0" in text

@@ -2,7 +2,10 @@
 
 Pure functions over what the window's probes saw (no I/O). The p95 is of
 `proxy_requests_duration_seconds` between the window's first and last scrape,
-leaving out the routes that verify and load balancers poll themselves.
+leaving out the routes that verify and load balancers poll themselves. Behind a
+load balancer each scrape may reach another instance: pages are differenced
+within each run (`ferry_proxy_run_info`) and the runs summed, so the figures are
+those of the instances that answered two scrapes or more.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from ferry.observe.promtext import Page
+from ferry.metrics import RUN_INFO
+from ferry.observe.promtext import Buckets, Page
 from ferry.observe.verdict import PROXY_FAST, ChecklistItem, Problem, skipped
 
 # The guide's expected result: proxy response times under 1 second.
@@ -88,20 +92,32 @@ def _health_problem(series: ProxySeries) -> Problem | None:
     return None
 
 
+def by_run(pages: Sequence[Page]) -> list[list[Page]]:
+    """The pages of each proxy run, in scrape order (pages of a ferry without the run metric: one run)."""
+    runs: dict[str, list[Page]] = {}
+    for page in pages:
+        run = min(page.label_values(RUN_INFO, "run"), default="")
+        runs.setdefault(run, []).append(page)
+    return list(runs.values())
+
+
 def judge_proxy(series: ProxySeries) -> tuple[ProxyResult, list[Problem]]:
     problems = [p for p in [_health_problem(series)] if p is not None]
-    pages = [page for page in series.pages if page is not None]
-    requests = 0.0
-    p95 = error_rate = None
-    if len(pages) >= 2:
+    requests = errors = 0.0
+    buckets = Buckets()
+    for pages in by_run([page for page in series.pages if page is not None]):
+        if len(pages) < 2:
+            continue
         (total_0, errors_0), (total_1, errors_1) = _requests(pages[0]), _requests(pages[-1])
-        requests = max(0.0, total_1 - total_0)
-        buckets = pages[-1].histogram(DURATION, {"route": POLLED_ROUTES}).since(
-            pages[0].histogram(DURATION, {"route": POLLED_ROUTES})
+        requests += max(0.0, total_1 - total_0)
+        errors += max(0.0, errors_1 - errors_0)
+        buckets = buckets.plus(
+            pages[-1].histogram(DURATION, {"route": POLLED_ROUTES}).since(pages[0].histogram(DURATION, {"route": POLLED_ROUTES}))
         )
-        if requests >= MIN_REQUESTS:
-            p95 = buckets.quantile(0.95)
-            error_rate = max(0.0, errors_1 - errors_0) / requests
+    p95 = error_rate = None
+    if requests >= MIN_REQUESTS:
+        p95 = buckets.quantile(0.95)
+        error_rate = errors / requests
     if p95 is not None and p95 >= P95_LIMIT_SECONDS:
         problems.append(Problem(code="proxy_slow", subject=series.url,
                                 message=f"proxy {series.url} p95 {p95:.2f} s (the guide: under {P95_LIMIT_SECONDS:g} s)"))
