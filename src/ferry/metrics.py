@@ -6,10 +6,10 @@ import asyncio
 import math
 import os
 import socket
+import threading
 import uuid
 from bisect import bisect_left
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,7 +19,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -37,10 +37,18 @@ END_TO_END_BUCKETS_SECONDS = (0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 1800, 360
 
 
 class WorkerMetrics:
-    """One worker's metrics, all labelled with its `worker_id`."""
+    """One worker's metrics, all labelled with its `worker_id`.
+
+    The two histograms are tallied (`Tally`: a plain list, no lock, about 0.3 µs an
+    observation instead of 2 to 2.5 µs, 6 % of a delivery's CPU with the active gauge's
+    two calls) and added to the metrics whenever the registry is collected, from any
+    thread: a scrape, a heartbeat's figures and a test all read every observation so far.
+    The active gauge reads the worker's deliveries at collect (`count_active`).
+    """
 
     def __init__(self, worker_id: str, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.registry.register(FlushOnCollect(self.flush))  # first: collected before the histograms
         labels = ["worker_id"]
 
         def counter(name: str, doc: str) -> Counter:
@@ -72,10 +80,64 @@ class WorkerMetrics:
         self.retries = self._retries.labels(worker_id)
         self.dead = self._dead.labels(worker_id)
         self.returned = self._returned.labels(worker_id)
-        self.active = self._active.labels(worker_id)
         self.redis_up = self._redis_up.labels(worker_id)
-        self.delivery_seconds = self._delivery.labels(worker_id)
-        self.end_to_end_seconds = self._end_to_end.labels(worker_id)
+        self._active_child = self._active.labels(worker_id)
+        self._delivery_child = self._delivery.labels(worker_id)
+        self._end_to_end_child = self._end_to_end.labels(worker_id)
+        self.delivery_seconds = Tally(DELIVERY_BUCKETS_SECONDS)
+        self.end_to_end_seconds = Tally(END_TO_END_BUCKETS_SECONDS)
+        self._flushing = threading.Lock()  # two scrapes at once must not add a tally twice
+
+    def count_active(self, deliveries: Callable[[], int]) -> None:
+        """`worker_active_tasks` is what `deliveries` says at collect time."""
+        self._active_child.set_function(deliveries)
+
+    def flush(self) -> None:
+        with self._flushing:
+            self.delivery_seconds.flush_into(self._delivery_child)
+            self.end_to_end_seconds.flush_into(self._end_to_end_child)
+
+
+class FlushOnCollect(Collector):
+    """Collects nothing itself: runs `flush` when its registry is collected (it is registered first)."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
+
+    def collect(self) -> Iterator[Metric]:
+        self._flush()
+        return iter(())
+
+    def describe(self) -> list[Metric]:
+        return []  # no names: not run again to find them at registration
+
+
+class Tally:
+    """A histogram child's observations, added in one thread without a lock.
+
+    `flush_into` (from any thread) adds to the child what was observed since its last
+    flush: it copies the counts, so an observation made meanwhile goes with the next.
+    """
+
+    __slots__ = ("_bounds", "_flushed", "_flushed_total", "buckets", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self._bounds = (*bounds, math.inf)
+        self.buckets = [0] * len(self._bounds)  # observations per bucket (not cumulative), +Inf last
+        self.total = 0.0
+        self._flushed = [0] * len(self._bounds)
+        self._flushed_total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.buckets[bisect_left(self._bounds, value)] += 1
+        self.total += value
+
+    def flush_into(self, child: Histogram) -> None:
+        counts, total = list(self.buckets), self.total
+        added = [now - before for now, before in zip(counts, self._flushed, strict=True)]
+        if any(added):
+            observe_many(child, added, total - self._flushed_total)
+        self._flushed, self._flushed_total = counts, total
 
 
 RUN_INFO = "ferry_proxy_run_info"
@@ -114,9 +176,8 @@ class ProxyMetrics:
         self.accepted = Counter(
             "proxy_messages_accepted", "Messages stored and queued (202).", registry=self.registry
         )
-        self._bounds = (*REQUEST_BUCKETS_SECONDS, math.inf)
         self._answers: dict[tuple[str, str, int], int] = {}
-        self._times: dict[tuple[str, str], RouteTimes] = {}
+        self._times: dict[tuple[str, str], Tally] = {}
         self._accepted = 0
 
     def note(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -125,9 +186,8 @@ class ProxyMetrics:
         self._answers[key] = self._answers.get(key, 0) + 1
         times = self._times.get((method, route))
         if times is None:
-            times = self._times[(method, route)] = RouteTimes([0] * len(self._bounds))
-        times.buckets[bisect_left(self._bounds, seconds)] += 1
-        times.total += seconds
+            times = self._times[(method, route)] = Tally(REQUEST_BUCKETS_SECONDS)
+        times.observe(seconds)
 
     def note_accepted(self, count: int) -> None:
         self._accepted += count
@@ -135,11 +195,10 @@ class ProxyMetrics:
     def flush(self) -> None:
         """Add what was tallied since the last flush to the metrics."""
         answers, self._answers = self._answers, {}
-        times, self._times = self._times, {}
         for (method, route, status), count in answers.items():
             self.requests.labels(method, route, str(status)).inc(count)
-        for (method, route), route_times in times.items():
-            observe_many(self.duration.labels(method, route), route_times.buckets, route_times.total)
+        for (method, route), times in self._times.items():
+            times.flush_into(self.duration.labels(method, route))
         if self._accepted:
             self.accepted.inc(self._accepted)
             self._accepted = 0
@@ -193,12 +252,6 @@ class RunCollector(Collector):
         family = GaugeMetricFamily(RUN_INFO, "Which proxy run answered (value 1).", labels=["run"])
         family.add_metric([self.run], 1)
         yield family
-
-
-@dataclass(slots=True)
-class RouteTimes:
-    buckets: list[int]  # observations per bucket (not cumulative), +Inf last
-    total: float = 0.0
 
 
 class QueueCollector(Collector):

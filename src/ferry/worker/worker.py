@@ -137,6 +137,10 @@ class Worker:
         queue.start_at(settings.worker_id)
         self.deliverer = deliverer
         self.metrics = metrics
+        metrics.count_active(lambda: len(self.deliveries))
+        # The logger as configured now: a call filtered out costs 0.15 µs, not the lazy
+        # proxy's 1.6 µs (twice a delivery).
+        self.log = log.bind()
         self.redis_away = RedisAway(metrics)
         # Deliveries the main server took, their acks on the way (see ferry.worker.acks).
         self.acks = Acks(self._record_acks, self._acks_recorded)
@@ -524,9 +528,7 @@ class Worker:
             log.error("delivery task failed", exc_info=task.exception())
 
     async def _process(self, message: Message) -> None:
-        structlog.contextvars.bind_contextvars(message_id=message.id, attempt=message.attempt)
-        log.debug("delivering")
-        self.metrics.active.inc()
+        self.log.debug("delivering", message_id=message.id, attempt=message.attempt)
         acked_later = False  # delivered: held until its ack is recorded
         try:
             started = time.perf_counter()
@@ -538,11 +540,11 @@ class Worker:
                 self._delivered(message, outcome)
                 acked_later = True
             else:
-                await self._settle_failure(message, outcome)
+                with structlog.contextvars.bound_contextvars(message_id=message.id, attempt=message.attempt):
+                    await self._settle_failure(message, outcome)
         finally:
             if not acked_later:
                 self.held.discard(message.id)
-            self.metrics.active.dec()
 
     def _delivered(self, message: Message, outcome: Outcome) -> None:
         """The main server took it: its slot frees now, its ack follows (ferry.worker.acks)."""
@@ -550,7 +552,7 @@ class Worker:
         self.metrics.processed.inc()
         if message.created_at_ms:
             self.metrics.end_to_end_seconds.observe(max(0, now_ms() - message.created_at_ms) / 1000)
-        log.debug("delivered", status=outcome.status)
+        self.log.debug("delivered", message_id=message.id, attempt=message.attempt, status=outcome.status)
 
     async def _settle_failure(self, message: Message, outcome: Outcome) -> None:
         settings = self.settings
