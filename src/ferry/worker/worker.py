@@ -511,9 +511,19 @@ class Worker:
             and len(self.deliveries) < self.settings.worker_concurrency
             and self._lease_allows_deliveries()
         ):
-            task = asyncio.create_task(self._process(self.waiting.popleft()))
+            task = asyncio.create_task(self._deliver(self.waiting.popleft()))
             self.deliveries.add(task)
             task.add_done_callback(self._delivery_done)
+
+    async def _deliver(self, message: Message) -> None:
+        """A delivery slot's task: its message, then each one waiting, until none waits.
+        Draining a backlog, a slot's task so lives for many messages, not one a message."""
+        while True:
+            await self._process(message)
+            self._room.set()
+            if not self.waiting or self._stopping.is_set() or not self._lease_allows_deliveries():
+                return
+            message = self.waiting.popleft()
 
     def _delivery_done(self, task: asyncio.Task[None]) -> None:
         self.deliveries.discard(task)
