@@ -40,10 +40,10 @@ class WorkerMetrics:
     """One worker's metrics, all labelled with its `worker_id`.
 
     The two histograms are tallied (`Tally`: a plain list, no lock, about 0.3 µs an
-    observation instead of 2 to 2.5 µs, 6 % of a delivery's CPU with the active gauge's
-    two calls) and added to the metrics whenever the registry is collected, from any
-    thread: a scrape, a heartbeat's figures and a test all read every observation so far.
-    The active gauge reads the worker's deliveries at collect (`count_active`).
+    observation instead of 2 to 2.5 µs; docs/architecture.md has the figures) and added
+    to the metrics whenever the registry is collected, from any thread: a scrape, a
+    heartbeat's figures and a test all read every observation so far. The active gauge
+    reads the worker's deliveries at collect (`count_active`).
     """
 
     def __init__(self, worker_id: str, registry: CollectorRegistry | None = None) -> None:

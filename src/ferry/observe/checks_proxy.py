@@ -92,6 +92,10 @@ def _health_problem(series: ProxySeries) -> Problem | None:
     return None
 
 
+def _timings(page: Page) -> Buckets:
+    return page.histogram(DURATION, {"route": POLLED_ROUTES})
+
+
 def by_run(pages: Sequence[Page]) -> list[list[Page]]:
     """The pages of each proxy run, in scrape order (pages of a ferry without the run metric: one run)."""
     runs: dict[str, list[Page]] = {}
@@ -111,9 +115,7 @@ def judge_proxy(series: ProxySeries) -> tuple[ProxyResult, list[Problem]]:
         (total_0, errors_0), (total_1, errors_1) = _requests(pages[0]), _requests(pages[-1])
         requests += max(0.0, total_1 - total_0)
         errors += max(0.0, errors_1 - errors_0)
-        buckets = buckets.plus(
-            pages[-1].histogram(DURATION, {"route": POLLED_ROUTES}).since(pages[0].histogram(DURATION, {"route": POLLED_ROUTES}))
-        )
+        buckets = buckets.plus(_timings(pages[-1]).since(_timings(pages[0])))
     p95 = error_rate = None
     if requests >= MIN_REQUESTS:
         p95 = buckets.quantile(0.95)
