@@ -74,6 +74,16 @@ async def test_claim_is_first_in_first_out_and_bounded_by_limit(queue: Queue) ->
     assert len(first) == 3
 
 
+async def test_thousands_in_one_call_are_queued_and_claimed_in_order(queue: Queue) -> None:
+    # More than a script passes to one command (call_chunked in _message.lua): LPUSH and ZADD in chunks.
+    sent = messages(8200)  # Lua 5.1 unpacks at most about 8,000 values
+    assert {result.outcome for result in await queue.enqueue(sent)} == {"queued"}
+    claimed = await queue.claim("w1", 9000, holder="test")
+    assert [m.id for m in claimed] == [m.id for m in sent]
+    assert await queue.redis.zcard(queue.keys.in_flight("w1")) == 8200
+    assert await queue.size() == 0
+
+
 async def test_blocking_claim_wakes_when_a_message_arrives(queue: Queue) -> None:
     await queue.heartbeat("w1", "test", 30, take=True)
     waiting = asyncio.create_task(queue.claim("w1", 4, holder="test", block_seconds=5))

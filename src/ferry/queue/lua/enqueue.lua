@@ -81,6 +81,7 @@ if all_or_nothing then
 end
 
 local results = {}
+local pushed = {} -- pushed at the end in one LPUSH, oldest first, as one LPUSH each would
 local all_queued = true
 local stored_now, stored_before = 0, 0
 for i = 0, count - 1 do
@@ -104,7 +105,7 @@ for i = 0, count - 1 do
     else
       redis.call('HSET', prefix .. id, 'body', body, 'content_type', content_type, 'status', 'queued',
         'attempts', 0, 'returns', 0, 'created_at', now, 'updated_at', now, 'sender', sender)
-      redis.call('LPUSH', queue, id)
+      pushed[#pushed + 1] = id
       length = length + 1
       stored_now = stored_now + 1
       if idempotency ~= '' then
@@ -117,7 +118,10 @@ for i = 0, count - 1 do
   results[#results + 1] = status
   all_queued = all_queued and outcome == 'queued'
 end
-if stored_now > 0 then redis.call('HINCRBY', KEYS[2], 'enqueued', stored_now) end
+if stored_now > 0 then
+  call_chunked('LPUSH', queue, pushed)
+  redis.call('HINCRBY', KEYS[2], 'enqueued', stored_now)
+end
 if stored_before > 0 then answered_again(stored_before) end
 if all_queued then return {} end
 return results
