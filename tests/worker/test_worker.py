@@ -279,6 +279,22 @@ def test_two_workers_share_a_thousand_messages(
         assert worker.sample("worker_active_tasks") == 0 and worker.sample("worker_redis_up") == 1
 
 
+def test_a_worker_on_a_slow_main_server_leaves_the_backlog_to_others(
+    redis_url: str, start_sink: StartSink, run_worker: RunWorker
+) -> None:
+    # Claimed ahead is what the slots finish in a few milliseconds: at 300 ms a delivery,
+    # one slot's worth; the rest of the backlog stays queued for any other worker.
+    sink = start_sink("--latency-ms", "300")
+    enqueue(redis_url, [b'{"n": %d}' % n for n in range(100)])
+    run_worker(redis_url, sink.url, WORKER_ID="w1", WORKER_CONCURRENCY=4)
+    wait_until(unique(sink, 8), timeout=10)
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        assert len(in_flight(redis_url, "w1")) <= 8
+        time.sleep(0.05)
+    assert queue_length(redis_url) >= 100 - 8 - sink.stats()["unique"]
+
+
 def test_redis_restart_mid_run_loses_nothing(
     own_redis: RedisProcess, start_sink: StartSink, run_worker: RunWorker
 ) -> None:

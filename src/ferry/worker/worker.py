@@ -53,6 +53,14 @@ CARRY_ACKS_SECONDS = 0.002
 # wake-up for several. Alone, each message costs several times its CPU when a backlog is
 # drained; lingering, a message waits this long at most.
 LINGER_SECONDS = 0.004
+# Claimed ahead of the slots: what they finish in AHEAD_SECONDS at their pace, at least
+# one slot's worth, at most AHEAD_MOST_SLOTS slots' worth. A claim costs the worker nearly
+# as much for 16 messages as for 64 (its round trip, its write to Redis); claimed ahead so,
+# one worker drains a backlog into a fast main server about a quarter faster at
+# concurrency 16 (docs/architecture.md). A message so waits this long at most in one
+# worker's hands, which keeps the workers' shares of a backlog even.
+AHEAD_SECONDS = 0.005
+AHEAD_MOST_SLOTS = 8
 # The arrival rate is a moving average over this many claims.
 RATE_CLAIMS = 8
 # How often due retries are moved back to the queue.
@@ -356,7 +364,7 @@ class Worker:
             log.warning("took back messages of dead workers", returned=returned, poison_pills=buried)
 
     async def _fetch(self) -> None:
-        """Keep every delivery slot busy, with up to a slot's worth more claimed ahead.
+        """Keep every delivery slot busy, with more claimed ahead (`_claim_ahead`).
 
         The claimed-ahead messages wait in `self.waiting` (and in Redis, in this
         worker's in-flight set, under its lease): a finished delivery starts the
@@ -365,17 +373,17 @@ class Worker:
         go in one round trip, so a message arriving at an idle worker costs one claim.
         """
         concurrency = self.settings.worker_concurrency
-        most_held = 2 * concurrency
         self._next_stray_check = 0.0  # restarted after a failed claim: its reply may be lost
         drained = True  # the last claim took all there was: the next waits for more, in its round trip
         while not self._stopping.is_set():
-            room = self._room_to_claim(most_held)
+            ahead = self._claim_ahead()
+            room = self._room_to_claim(concurrency + ahead)
             # Claim in batches (a claim costs one round trip whatever its size), from half
-            # a slot's worth of room, so that a claim is back before what was claimed ahead
+            # what is claimed ahead, so that a claim is back before what was claimed ahead
             # runs out; never let a free slot wait for one; nothing while the lease may lapse.
             if (
                 room <= 0
-                or (room < max(1, concurrency // 2) and len(self.deliveries) == concurrency)
+                or (room < max(1, ahead // 2) and len(self.deliveries) == concurrency)
                 or not self._lease_allows_deliveries()
             ):
                 # The pending acks wait for this claim (within acks.LINGER_SECONDS).
@@ -387,7 +395,7 @@ class Worker:
                 await self._return_strays()
                 if drained:
                     await self._wait_for_acks()
-                    room = self._room_to_claim(most_held)  # the acks of deliveries that ended meanwhile free some
+                    room = self._room_to_claim(concurrency + ahead)  # the acks of deliveries that ended meanwhile free some
                 messages = await self._claim(room, block_seconds=BLOCK_SECONDS if drained else 0)
             except Fenced:
                 await self._rejoin()
@@ -404,6 +412,14 @@ class Worker:
                 return  # claimed as the stop came: still in-flight, given back at exit
             self.waiting.extend(messages)
             self._start_waiting()
+
+    def _claim_ahead(self) -> int:
+        """How many to hold beyond the slots: what they finish in AHEAD_SECONDS (see there)."""
+        concurrency = self.settings.worker_concurrency
+        if self._delivery_seconds <= 0:  # no delivery yet
+            return concurrency
+        pace = concurrency / self._delivery_seconds  # deliveries a second, every slot busy
+        return min(max(concurrency, int(pace * AHEAD_SECONDS)), AHEAD_MOST_SLOTS * concurrency)
 
     def _room_to_claim(self, most_held: int) -> int:
         """How many more may be claimed: what is held, less the acks the claim carries."""
