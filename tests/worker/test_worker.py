@@ -295,6 +295,28 @@ def test_a_worker_on_a_slow_main_server_leaves_the_backlog_to_others(
     assert queue_length(redis_url) >= 100 - 8 - sink.stats()["unique"]
 
 
+def test_a_retry_another_worker_left_is_delivered_by_an_idle_worker(
+    redis_url: str, start_sink: StartSink, run_worker: RunWorker
+) -> None:
+    # An idle worker's maintenance sleeps up to IDLE_PROMOTE_SECONDS (5 s; here less: the suite's
+    # short lease has it reap more often) when no retry is due sooner; a retry that a worker
+    # which then stopped scheduled is still moved.
+    sink = start_sink()
+    run_worker(redis_url, sink.url, WORKER_ID="idle")
+    time.sleep(1.0)  # idle: its maintenance has looked and found no retry scheduled
+    # What fail.lua leaves when a worker schedules a retry and then stops (written here by
+    # hand: through the queue, the idle worker would claim the message first).
+    message_id, keys, now = new_message_id(), Keys(), now_ms()
+    redis = client(redis_url)
+    redis.hset(keys.message(message_id), mapping={
+        "body": b'{"left": 1}', "content_type": "application/json", "status": "retrying", "attempts": 1,
+        "returns": 0, "created_at": now, "updated_at": now, "next_attempt_at": now + 1000, "last_error": "HTTP 503",
+    })
+    redis.zadd(keys.retry, {message_id: now + 1000})
+    wait_until(unique(sink, 1), timeout=5 + 1 + 3)
+    assert status(redis_url, message_id).status == "delivered"
+
+
 def test_redis_restart_mid_run_loses_nothing(
     own_redis: RedisProcess, start_sink: StartSink, run_worker: RunWorker
 ) -> None:

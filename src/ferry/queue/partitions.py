@@ -398,6 +398,10 @@ class Partitions:
     async def promote_due(self) -> int:
         return sum(await self._each(lambda group: group.promote_due()))
 
+    async def next_retry_ms(self) -> int | None:
+        due = [ms for ms in await self._each(lambda group: group.next_retry_ms()) if ms is not None]
+        return min(due, default=None)
+
     async def release(self, worker_id: str, *, holder: str) -> int:
         """`Queue.release` in every partition; `Fenced` (after all) if fenced off in any."""
         released = await self._each(lambda group: group.release(worker_id, holder=holder), fenced_last=True)

@@ -419,6 +419,11 @@ class Queue:
             promoted += moved
         return promoted
 
+    async def next_retry_ms(self) -> int | None:
+        """When the next scheduled retry is due (ms), None when none is scheduled."""
+        first = await self.redis.zrange(self.keys.retry, 0, 0, withscores=True)
+        return int(first[0][1]) if first else None
+
     async def heartbeat(
         self,
         worker_id: str,

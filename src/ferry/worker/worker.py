@@ -8,6 +8,7 @@ finishes or gives back what it holds before it exits.
 
 from __future__ import annotations
 
+import contextlib
 import asyncio
 import os
 import random
@@ -63,8 +64,13 @@ AHEAD_SECONDS = 0.005
 AHEAD_MOST_SLOTS = 8
 # The arrival rate is a moving average over this many claims.
 RATE_CLAIMS = 8
-# How often due retries are moved back to the queue.
+# How often due retries are moved back to the queue while some are due or soon due.
 PROMOTE_EVERY_SECONDS = 0.5
+# With none due sooner, the maintenance loop sleeps up to this long, or until this worker
+# schedules a retry due before it wakes: an idle worker wakes about twice a second, not
+# four times. A retry another worker left in the schedule when it stopped is moved at
+# most this late.
+IDLE_PROMOTE_SECONDS = 5.0
 # How often a worker reads which partitions proxies have sent to (a partition a
 # proxy with a larger FERRY_PARTITIONS added waits at most this long for workers).
 ADOPT_EVERY_SECONDS = 5.0
@@ -154,6 +160,8 @@ class Worker:
         self.acks = Acks(self._record_acks, self._acks_recorded)
         self._carry_ready = asyncio.Event()  # the deliveries under way have all ended
         self._delivery_seconds = 0.0  # moving average
+        self._retry_sooner = asyncio.Event()  # a retry is due before maintenance wakes
+        self._wake_at_ms = 0  # when maintenance wakes next (ms)
         self._claimed_at = 0.0  # event-loop time the last claim returned
         self._arrivals_per_second = 0.0  # moving average of messages claimed over the time between claims
         self.holder = new_holder()
@@ -331,15 +339,19 @@ class Worker:
         return False
 
     async def _maintain(self) -> None:
-        """Promote due retries often; reap dead workers every half lease, jittered; look
-        for partitions that proxies added now and then."""
+        """Promote retries as they come due; reap dead workers every half lease, jittered;
+        look for partitions that proxies added now and then."""
         next_reap = next_adopt = time.monotonic()
+        pause = 0.0
         while not self._closing.is_set():
-            await asyncio.sleep(random.uniform(0.5, 1.5) * PROMOTE_EVERY_SECONDS)
+            await self._nap(pause)
+            pause = random.uniform(0.5, 1.5) * PROMOTE_EVERY_SECONDS
             try:
                 promoted = await self.queue.promote_due()
                 if promoted:
                     log.debug("retries due, queued again", count=promoted)
+                else:
+                    pause = await self._until_next_retry(pause)
                 if time.monotonic() >= next_reap:
                     reaped = await self.queue.reap(self.settings.max_returns)
                     self._log_reaped(reaped.returned, reaped.buried)
@@ -349,6 +361,22 @@ class Worker:
                     next_adopt = time.monotonic() + ADOPT_EVERY_SECONDS
             except WAIT_OUT as error:
                 await self.redis_away.wait(error)
+            pause = max(0.0, min(pause, next_reap - time.monotonic(), next_adopt - time.monotonic()))
+
+    async def _until_next_retry(self, shortest: float) -> float:
+        """Seconds to sleep with nothing due now: until the next retry is due, at least
+        `shortest`, at most IDLE_PROMOTE_SECONDS."""
+        due_ms = await self.queue.next_retry_ms()
+        if due_ms is None:
+            return IDLE_PROMOTE_SECONDS
+        return min(IDLE_PROMOTE_SECONDS, max(shortest, (due_ms - now_ms()) / 1000))
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep that long, or until this worker schedules a retry due before then."""
+        self._wake_at_ms = now_ms() + int(seconds * 1000)
+        self._retry_sooner.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._retry_sooner.wait(), seconds)
 
     async def _adopt_partitions(self) -> None:
         """Drain the partitions proxies record beyond this worker's own: its lease there is
@@ -595,6 +623,8 @@ class Worker:
         await self.redis_away.call(
             lambda: self.queue.retry_later(self.worker_id, message, due_ms, outcome.error, holder=self.holder)
         )
+        if due_ms < self._wake_at_ms:
+            self._retry_sooner.set()  # maintenance sleeps past it: it promotes this one on time
         self.metrics.retries.inc()
         log.warning("delivery failed, will retry", error=outcome.error, retry_in_seconds=round(delay, 3))
 
