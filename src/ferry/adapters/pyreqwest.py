@@ -99,9 +99,10 @@ class PyreqwestClient:
             )
             async with request as response:
                 status = response.status
-                excerpt = b""
-                if status >= 300:  # what has arrived, as aiohttp's read(n): a stalled body is not waited for
-                    excerpt = bytes(await response.body_reader.read_chunk() or b"")[:ERROR_BODY_BYTES]
+                if status < 300:  # what a 2xx says besides its status is not read
+                    return Answer(status, None, b"")
+                # What has arrived, as aiohttp's read(n): a stalled body is not waited for.
+                excerpt = bytes(await response.body_reader.read_chunk() or b"")[:ERROR_BODY_BYTES]
                 return Answer(status, response.get_header("Retry-After"), excerpt)
         except RequestTimeoutError as error:
             raise PostTimedOut() from error

@@ -49,10 +49,14 @@ class Outcome:
     retry_after_seconds: float | None = None
 
 
+# One outcome per 2xx status, made once: judging a delivery makes nothing.
+_DELIVERED = {status: Outcome(Verdict.DELIVERED, status=status) for status in range(200, 300)}
+
+
 def judge(status: int, retry_after: str | None, body: bytes) -> Outcome:
     """2xx delivered; 5xx, 408, 425, 429 (and anything odd) retried; other 4xx permanent."""
     if 200 <= status < 300:
-        return Outcome(Verdict.DELIVERED, status=status)
+        return _DELIVERED[status]
     error = f"HTTP {status}"
     if body:
         error += ": " + body[:ERROR_BODY_BYTES].decode(errors="replace")
