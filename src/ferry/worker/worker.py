@@ -8,8 +8,9 @@ finishes or gives back what it holds before it exits.
 
 from __future__ import annotations
 
-import contextlib
 import asyncio
+import contextlib
+import math
 import os
 import random
 import socket
@@ -67,8 +68,8 @@ RATE_CLAIMS = 8
 # How often due retries are moved back to the queue while some are due or soon due.
 PROMOTE_EVERY_SECONDS = 0.5
 # With none due sooner, the maintenance loop sleeps up to this long, or until this worker
-# schedules a retry due before it wakes: an idle worker wakes about twice a second, not
-# four times. A retry another worker left in the schedule when it stopped is moved at
+# schedules a retry due before it wakes: an idle worker wakes about once a second, not
+# three times. A retry another worker left in the schedule when it stopped is moved at
 # most this late.
 IDLE_PROMOTE_SECONDS = 5.0
 # How often a worker reads which partitions proxies have sent to (a partition a
@@ -161,7 +162,7 @@ class Worker:
         self._carry_ready = asyncio.Event()  # the deliveries under way have all ended
         self._delivery_seconds = 0.0  # moving average
         self._retry_sooner = asyncio.Event()  # a retry is due before maintenance wakes
-        self._wake_at_ms = 0  # when maintenance wakes next (ms)
+        self._wake_at_ms = math.inf  # when maintenance wakes next (ms); inf while it is awake
         self._claimed_at = 0.0  # event-loop time the last claim returned
         self._arrivals_per_second = 0.0  # moving average of messages claimed over the time between claims
         self.holder = new_holder()
@@ -372,11 +373,13 @@ class Worker:
         return min(IDLE_PROMOTE_SECONDS, max(shortest, (due_ms - now_ms()) / 1000))
 
     async def _nap(self, seconds: float) -> None:
-        """Sleep that long, or until this worker schedules a retry due before then."""
-        self._wake_at_ms = now_ms() + int(seconds * 1000)
-        self._retry_sooner.clear()
+        """Sleep that long, or until this worker schedules a retry due before then (or
+        scheduled one while maintenance was awake, after it looked at the schedule)."""
+        self._wake_at_ms = now_ms() + seconds * 1000
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._retry_sooner.wait(), seconds)
+        self._retry_sooner.clear()
+        self._wake_at_ms = math.inf  # awake: any retry scheduled now is looked at before the next nap
 
     async def _adopt_partitions(self) -> None:
         """Drain the partitions proxies record beyond this worker's own: its lease there is
