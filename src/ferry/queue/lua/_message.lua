@@ -9,7 +9,8 @@ local MESSAGE_STATUSES = {queued = true, delivering = true, retrying = true, del
 -- looked for: copying it into Lua would cost more than the rest of the check).
 local MESSAGE_FIELDS = {'status', 'content_type', 'attempts', 'returns', 'created_at', 'updated_at'}
 -- The same and the body, last: for a script that sends the body on (claim), one read.
-local MESSAGE_FIELDS_AND_BODY = {'status', 'content_type', 'attempts', 'returns', 'created_at', 'updated_at', 'body'}
+local MESSAGE_FIELDS_AND_BODY = {unpack(MESSAGE_FIELDS)}
+MESSAGE_FIELDS_AND_BODY[#MESSAGE_FIELDS + 1] = 'body'
 local COUNT_FIELDS = {attempts = true, returns = true, created_at = true, updated_at = true}
 
 -- Values one call takes at most: Lua's unpack can pass only so many (a few thousand).
@@ -47,8 +48,12 @@ local function message_problem(key, with_body)
     end
   end
   if status ~= 'delivered' then
-    local has_body = values[#MESSAGE_FIELDS_AND_BODY]
-    if not with_body then has_body = redis.call('HEXISTS', key, 'body') == 1 end
+    local has_body
+    if with_body then
+      has_body = values[#MESSAGE_FIELDS_AND_BODY] ~= false
+    else
+      has_body = redis.call('HEXISTS', key, 'body') == 1
+    end
     if not has_body then return 'body is missing' end
   end
   return nil, status, values
