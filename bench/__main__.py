@@ -51,7 +51,7 @@ def gather(kind: str, s: dict[str, Any], args: argparse.Namespace) -> dict[str, 
         return end_to_end.run(s["rates"], s["e2e_seconds"], runs, retries)
     if kind == "memory":
         return cost.run_memory(s["memory_messages"])
-    return cost.run(s["cost_rates"], s["cost_seconds"], s["idle_seconds"], runs, retries)
+    return cost.run(s["cost_rates"], s["cost_seconds"], s["idle_seconds"], runs, retries, s["messages"])
 
 
 def foreign_loads(results: dict[str, Any]) -> list[float]:
@@ -108,7 +108,8 @@ def main() -> None:
     command = ("python -m bench " + shlex.join(sys.argv[1:])).strip()
     for kind in args.only:  # the report is rewritten after each kind: a cut-short run keeps its figures
         print(f"== {kind}", flush=True)
-        results[kind] = {**gather(kind, s, args), "command": command, "started": started}
+        results[kind] = {**gather(kind, s, args), "command": command, "started": started,
+                         "machine": report.machine()}
         publish(results, args.out, load_note(results, args.note, loadavg))
     print(f"wrote {args.out / 'benchmarks.md'}")
 

@@ -3,7 +3,11 @@
 - steady rates: messages are queued as the proxy queues them (ferry's Queue.enqueue), one
   every 1/rate s for the duration; the worker's CPU (its whole session) from the first
   enqueue to the last delivery, over the messages delivered: idle polling included, as a
-  user pays it. Draining: the delivery benchmark's figure (a backlog, first to last).
+  user pays it. Draining: the delivery kind's run of one system (a backlog, first to last
+  arrival), made here too, so that the ratio to it is within one run on one machine.
+  Beside each, the bare pyreqwest client (ferry's) POSTing the same bodies with no Redis, on
+  the same clock or from memory: what the POST alone costs when messages come one by one,
+  the floor under any worker that delivers each message as it comes.
 - idle: a worker and a `ferry proxy --workers 1` with no traffic, CPU over the window after
   a warm-up, in % of one core.
 - Redis memory: INFO's used_memory before and after queueing N 500-byte messages as the
@@ -27,12 +31,13 @@ from typing import Any
 
 import redis
 
-from bench import harness
+from bench import delivery, harness
 from bench.bodies import body
 from ferry.queue.connection import LISTPACK_VALUE_BYTES
 from ferry.queue.message import new_message_id
 
 WARMUP = 20
+DRAINED = {"drain": "ferry", "bare drain": "ceiling (bare pyreqwest)"}  # case -> delivery system
 FERRY_ENV = {"WORKER_METRICS_PORT": "0", "LOG_LEVEL": "WARNING", "WORKER_CONCURRENCY": "16"}
 SENDER = "0123456789abcdef"  # an API key's id (16 hex digits), as the proxy stores it
 DEFAULT_LIMIT = 64  # hash-max-listpack-value of Redis and Valkey out of the box
@@ -96,6 +101,22 @@ def steady(work: Path, sink: harness.Sink, rate: float, duration: float) -> dict
         finally:
             harness.stop(worker)
     return {"cpu_us_per_message": cpu / count * 1e6}
+
+
+def bare_client(work: Path, sink: harness.Sink, rate: float, duration: float) -> dict[str, float]:
+    """The bare pyreqwest client POSTing the same bodies on the same clock, no Redis: what the
+    POST alone costs a message at this rate (from the first arrival to the last)."""
+    sink.reset()
+    count = max(1, int(rate * duration))
+    client = harness.spawn([sys.executable, "-m", "bench.peers.ceiling_pyreqwest", "paced", f"{rate:g}", str(count)],
+                           work / f"bare-{rate:g}.log", {"BENCH_SINK_URL": sink.url})
+    try:
+        at_first: list[float] = []
+        sink.wait_for(count, client, timeout=60, on_first=lambda: at_first.append(harness.session_cpu(client.pid)))
+        cpu = harness.session_cpu(client.pid) - at_first[0]
+    finally:
+        harness.stop(client)
+    return {"cpu_us_per_message": cpu / max(count - 1, 1) * 1e6}
 
 
 def idle(work: Path, which: str, warmup: float, window: float) -> dict[str, float]:
@@ -249,12 +270,22 @@ def settle(work: Path, redis_url: str, url: str, client: redis.Redis, field: byt
         harness.stop(worker)
 
 
-def run(rates: list[float], duration: float, idle_window: float, runs: int, retries: int) -> dict[str, Any]:
+def drain(work: Path, sink: harness.Sink, name: str, count: int) -> dict[str, float]:
+    """The delivery kind's run of `name` at concurrency 16: CPU a message draining a backlog."""
+    [system], _missing = delivery.available([name])
+    return {"cpu_us_per_message": delivery.one_run(system, sink, work, count, 16, timeout=300)["cpu_us_per_message"]}
+
+
+def run(rates: list[float], duration: float, idle_window: float, runs: int, retries: int,
+        backlog: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ferry-bench-cost-") as tmp:
         work = Path(tmp)
         sink = harness.Sink(work)
         try:
-            cases = [(f"{rate:g}/s", lambda r=rate: steady(work, sink, r, duration)) for rate in rates]
+            cases = [case for rate in rates for case in (
+                (f"{rate:g}/s", lambda r=rate: steady(work, sink, r, duration)),
+                (f"bare {rate:g}/s", lambda r=rate: bare_client(work, sink, r, duration)))]
+            cases += [(case, lambda n=name: drain(work, sink, n, backlog)) for case, name in DRAINED.items()]
             cases += [(f"idle {which}", lambda w=which: idle(work, w, 3.0, idle_window))
                       for which in ("worker", "proxy")]
             series = harness.rounds(cases, runs, retries)
@@ -262,8 +293,12 @@ def run(rates: list[float], duration: float, idle_window: float, runs: int, retr
             sink.close()
     return {
         "rates": [{"rate": rate, "cpu_us_per_message": series[f"{rate:g}/s"].median("cpu_us_per_message"),
-                   "foreign_load": series[f"{rate:g}/s"].median("foreign_load")} for rate in rates],
+                   "foreign_load": series[f"{rate:g}/s"].median("foreign_load"),
+                   "bare_cpu_us_per_message": series[f"bare {rate:g}/s"].median("cpu_us_per_message"),
+                   "bare_foreign_load": series[f"bare {rate:g}/s"].median("foreign_load")} for rate in rates],
         "idle": {w: series[f"idle {w}"].median("core_percent") for w in ("worker", "proxy")},
+        "drain": {case: series[case].median("cpu_us_per_message") for case in DRAINED},
+        "backlog": backlog,
         "duration": duration,
     }
 

@@ -4,6 +4,9 @@ wrk (`-t2 -c64`, the 500-byte body, `Authorization: Bearer`) against `ferry prox
 --workers N` and against bench/baseline_app.py's Starlette route doing one LPUSH under
 uvicorn with N processes, over HTTP and HTTPS (trustme), each against a fresh Valkey.
 Nothing is pinned: server, Valkey and wrk share the 2 cores as they would in production.
+Beside each rate, the server's CPU per request (all its processes) and how many cores the
+whole machine was busy: once that nears all of them, the machine is the limit, and the
+ratio is of everything a request costs it (wrk, Valkey and the kernel included).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +52,18 @@ def one_run(kind: str, scheme: str, processes: int, certs: Any, work: Path,
                 raise RuntimeError(f"{kind} answered {status}: {answer[:200]!r}")
             script = work / "post.lua"
             script.write_text(lua_script(target))
+            server_cpu, busy, started = harness.session_cpu(server.pid), harness.machine_busy(), time.monotonic()
             wrk = subprocess.run(
                 ["wrk", "-t2", "-c64", f"-d{duration}s", "-s", str(script),
                  f"{scheme}://127.0.0.1:{port}{target.path}"],
                 capture_output=True, text=True, timeout=duration + 60)
-            rps, _requests, non_2xx, errors = parse_wrk(wrk.stdout)
+            elapsed = time.monotonic() - started
+            server_cpu, busy = harness.session_cpu(server.pid) - server_cpu, harness.machine_busy() - busy
+            rps, requests, non_2xx, errors = parse_wrk(wrk.stdout)
             if non_2xx or errors:
                 raise RuntimeError(f"{non_2xx} non-2xx, {errors} socket errors")
-            return {"rps": rps}
+            return {"rps": rps, "server_us_per_request": server_cpu / max(requests, 1) * 1e6,
+                    "machine_busy": busy / elapsed}
         finally:
             harness.stop(server)
 
@@ -80,5 +88,9 @@ def run(schemes: list[str], processes: list[int], duration: int, runs: int,
             rows.append({"scheme": scheme, "processes": n, "ferry_rps": ferry.median("rps"),
                          "lpush_rps": lpush.median("rps"),
                          "ratio": ferry.median("rps") / lpush.median("rps"),
+                         "ferry_server_us": ferry.median("server_us_per_request"),
+                         "lpush_server_us": lpush.median("server_us_per_request"),
+                         "ferry_machine_busy": ferry.median("machine_busy"),
+                         "lpush_machine_busy": lpush.median("machine_busy"),
                          "foreign_load": ferry.median("foreign_load")})
     return {"rows": rows, "missing": [], "body_bytes": len(BODY), "load_generator": "wrk -t2 -c64"}

@@ -32,3 +32,21 @@ def test_quick_delivery_run_writes_the_report(tmp_path: Path) -> None:
     report = (tmp_path / "benchmarks.md").read_text()
     assert "| ferry | 16 |" in report
     assert "python -m bench --quick --only delivery --systems core" in report
+
+
+def test_quick_cost_run_measures_the_bare_client_beside_the_worker_in_the_same_run(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "cost", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "FAILED" not in done.stdout, done.stdout[-2000:]
+    cost = json.loads((tmp_path / "benchmarks" / "results.json").read_text())["cost"]
+    assert [row["rate"] for row in cost["rates"]] == [10.0, 100.0]
+    for row in cost["rates"]:  # each rate, the worker and the bare client on the same clock
+        assert row["cpu_us_per_message"] > 0 and row["bare_cpu_us_per_message"] > 0, row
+    assert cost["drain"]["drain"] > 0 and cost["drain"]["bare drain"] > 0, cost["drain"]
+    assert cost["machine"] and cost["backlog"] == 500
+    report = (tmp_path / "benchmarks.md").read_text()
+    assert "| rate/s | worker CPU µs/msg | bare client µs/msg | foreign load |" in report
+    assert "| draining a backlog of 500 (concurrency 16) |" in report
