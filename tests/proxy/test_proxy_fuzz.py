@@ -107,7 +107,8 @@ def test_any_body_and_headers_are_stored_exactly_or_refused_cleanly(
     assert queue_length(redis_url) - before == queued_by(status, answer)
     if status == 202:
         stored = client(redis_url).hgetall(f"{{message_queue}}:msg:{answer['id']}")
-        assert stored[b"body"] == body and stored[b"content_type"] == content_type.strip().encode()
+        stored_type = stored.get(b"content_type", b"application/json")  # not stored at its default
+        assert stored[b"body"] == body and stored_type == content_type.strip().encode()
     if len(body) > 4096:
         assert status == 413
 

@@ -92,7 +92,7 @@ class MessageStatus:
             sender=text("sender"),
             last_error=text("last_error") or None,
             created_at_ms=number("created_at") or 0,
-            updated_at_ms=number("updated_at") or 0,
+            updated_at_ms=number("updated_at") or number("created_at") or 0,  # not stored until it differs
             next_attempt_at_ms=number("next_attempt_at"),
             delivered_at_ms=number("delivered_at"),
         )

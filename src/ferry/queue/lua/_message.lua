@@ -5,13 +5,19 @@
 -- first write for it; a message it cannot read is buried with `bury_corrupt`, what
 -- it held kept aside, instead of failing the script and stranding the ids it moved.
 local MESSAGE_STATUSES = {queued = true, delivering = true, retrying = true, delivered = true, dead = true}
--- Every field enqueue writes but the body (which goes once delivered, and is only
+-- Every field a message has but the body (which goes once delivered, and is only
 -- looked for: copying it into Lua would cost more than the rest of the check).
 local MESSAGE_FIELDS = {'status', 'content_type', 'attempts', 'returns', 'created_at', 'updated_at'}
+-- A field that holds its default is not stored (enqueue writes none of these): about 80
+-- bytes a queued message, a tenth of it (docs/storage.md, "Memory"). `updated_at`'s
+-- default is `created_at`. `status` and `created_at` are always stored.
+local DEFAULT_CONTENT_TYPE = 'application/json'
+local FIELD_DEFAULTS = {content_type = DEFAULT_CONTENT_TYPE, attempts = '0', returns = '0'}
 -- The same and the body, last: for a script that sends the body on (claim), one read.
 local MESSAGE_FIELDS_AND_BODY = {unpack(MESSAGE_FIELDS)}
 MESSAGE_FIELDS_AND_BODY[#MESSAGE_FIELDS + 1] = 'body'
 local COUNT_FIELDS = {attempts = true, returns = true, created_at = true, updated_at = true}
+local CREATED_AT_SLOT = 5 -- created_at's place in MESSAGE_FIELDS: checked before updated_at's
 
 -- Values one call takes at most: Lua's unpack can pass only so many (a few thousand).
 local CALL_CHUNK = 1000
@@ -28,9 +34,10 @@ local function shown(value)
   return string.format('%q', string.sub(value, 1, 40))
 end
 
--- nil, the message's status and its fields' values (MESSAGE_FIELDS' order, the body
--- last `with_body`) when the message at `key` can be handled; else why not: 'gone'
--- (no key at all), a key of another type, a field missing or not what ferry writes there.
+-- nil, the message's status and its fields' values (MESSAGE_FIELDS' order, a field not
+-- stored given its default, the body last `with_body`) when the message at `key` can be
+-- handled; else why not: 'gone' (no key at all), a key of another type, a field missing
+-- that has no default, or one not what ferry writes there.
 local function message_problem(key, with_body)
   -- pcall: a key of another type answers an error here instead of ending the script
   -- (and the usual case costs one call, not a TYPE first).
@@ -41,11 +48,13 @@ local function message_problem(key, with_body)
   if not status then return 'status is missing' end
   if not MESSAGE_STATUSES[status] then return 'status is ' .. shown(status) end
   for i = 2, #MESSAGE_FIELDS do
-    local name, value = MESSAGE_FIELDS[i], values[i]
+    local name = MESSAGE_FIELDS[i]
+    local value = values[i] or FIELD_DEFAULTS[name] or (name == 'updated_at' and values[CREATED_AT_SLOT])
     if not value then return name .. ' is missing' end
     if COUNT_FIELDS[name] and not (#value <= 15 and string.match(value, '^%d+$')) then
       return name .. ' is not a whole number: ' .. shown(value)
     end
+    values[i] = value
   end
   if status ~= 'delivered' then
     local has_body
@@ -62,8 +71,8 @@ end
 -- Into the dead-letter set with the reason. Whatever the key held is copied first,
 -- byte for byte, to `<key>:corrupt` (same hash tag, same slot); then the key is made
 -- a readable dead letter: status, reason, and every count that was not one set to 0
--- (the body and content type stay if they were there, so a replay after a repair
--- can deliver it).
+-- (created_at to now; one not stored keeps its default; the body and content type
+-- stay if they were there, so a replay after a repair can deliver it).
 local function bury_corrupt(dead, key, id, problem, now)
   local reason = 'corrupt: ' .. problem
   local kind = redis.call('TYPE', key)['ok']
@@ -74,8 +83,10 @@ local function bury_corrupt(dead, key, id, problem, now)
   end
   for name in pairs(COUNT_FIELDS) do
     local value = redis.call('HGET', key, name)
-    if not (value and string.match(value, '^%d+$') and #value <= 15) then
+    if value and not (string.match(value, '^%d+$') and #value <= 15) then
       redis.call('HSET', key, name, name == 'created_at' and now or 0)
+    elseif not value and name == 'created_at' then
+      redis.call('HSET', key, name, now)
     end
   end
   redis.call('HSET', key, 'status', 'dead', 'last_error', reason, 'updated_at', now)

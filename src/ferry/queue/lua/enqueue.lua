@@ -103,8 +103,13 @@ for i = 0, count - 1 do
     if wait > 0 then
       outcome, detail, status = 'limited', wait, ''
     else
-      redis.call('HSET', prefix .. id, 'body', body, 'content_type', content_type, 'status', 'queued',
-        'attempts', 0, 'returns', 0, 'created_at', now, 'updated_at', now, 'sender', sender)
+      -- Fields at their defaults are not stored (_message.lua: FIELD_DEFAULTS).
+      if content_type == DEFAULT_CONTENT_TYPE then
+        redis.call('HSET', prefix .. id, 'body', body, 'status', 'queued', 'created_at', now, 'sender', sender)
+      else
+        redis.call('HSET', prefix .. id, 'body', body, 'status', 'queued', 'created_at', now, 'sender', sender,
+          'content_type', content_type)
+      end
       pushed[#pushed + 1] = id
       length = length + 1
       stored_now = stored_now + 1
