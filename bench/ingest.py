@@ -4,7 +4,7 @@ wrk (`-t2 -c64`, the 500-byte body, `Authorization: Bearer`) against `ferry prox
 --workers N` and against bench/baseline_app.py's Starlette route doing one LPUSH under
 uvicorn with N processes, over HTTP and HTTPS (trustme), each against a fresh Valkey.
 Nothing is pinned: server, Valkey and wrk share the 2 cores as they would in production.
-Beside each rate, the server's CPU per request (all its processes) and how many cores the
+Beside each figure, the server's CPU per request (all its processes) and how many cores the
 whole machine was busy: once that nears all of them, the machine is the limit, and the
 ratio is of everything a request costs it (wrk, Valkey and the kernel included).
 """

@@ -332,9 +332,9 @@ def memory_section(mem: dict[str, Any]) -> str:
     fields = ", ".join(f"`{k}` {v}" for k, v in mem["fields"].items())
     at = mem["settled"]
     limit, default = str(mem["hash_max_listpack_value"]), "64"
-    return (f"Redis memory per queued message: INFO used_memory (less the clients' buffers) over {mem['count']:,} messages of 500 "
-            "bytes stored as the proxy stores them (with their sender), the queue's list entry "
-            "included; MEMORY USAGE of one message's key:\n\n"
+    return ("Redis memory per queued message: INFO used_memory (less the clients' buffers) over "
+            f"{mem['count']:,} messages of 500 bytes stored as the proxy stores them (with their "
+            "sender), the queue's list entry included; MEMORY USAGE of one message's key:\n\n"
             + table(["server", "hash-max-listpack-value", "bytes/message", "over the body",
                      "MEMORY USAGE", "encoding"], servers)
             + f"\n\nOn ferry up's Valkey: {fmt(mem['dead'])} bytes per dead letter ({fmt(at[default]['dead'])} "
