@@ -43,9 +43,13 @@ def test_quick_cost_run_measures_the_bare_client_beside_the_worker_in_the_same_r
     assert "FAILED" not in done.stdout, done.stdout[-2000:]
     cost = json.loads((tmp_path / "benchmarks" / "results.json").read_text())["cost"]
     assert [row["rate"] for row in cost["rates"]] == [10.0, 100.0]
+    # /proc counts CPU in 10 ms ticks: 20 POSTs at 10/s or a drain of 500 may take less than one;
+    # 200 POSTs at 100/s take several.
     for row in cost["rates"]:  # each rate, the worker and the bare client on the same clock
-        assert row["cpu_us_per_message"] > 0 and row["bare_cpu_us_per_message"] > 0, row
-    assert cost["drain"]["drain"] > 0 and cost["drain"]["bare drain"] > 0, cost["drain"]
+        assert row["cpu_us_per_message"] >= 0 and row["bare_cpu_us_per_message"] >= 0, row
+    at_100 = cost["rates"][1]
+    assert at_100["cpu_us_per_message"] > 0 and at_100["bare_cpu_us_per_message"] > 0, at_100
+    assert set(cost["drain"]) == {"drain", "bare drain"} and min(cost["drain"].values()) >= 0, cost["drain"]
     assert cost["machine"] and cost["backlog"] == 500
     report = (tmp_path / "benchmarks.md").read_text()
     assert "| rate/s | worker CPU µs/msg | bare client µs/msg | foreign load |" in report
