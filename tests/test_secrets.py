@@ -86,12 +86,17 @@ def descendants(pid: int) -> list[int]:
 
 
 def assert_environments_clean(pid: int, at_least: int) -> list[int]:
-    """No descendant of `pid` has a secret in its environment; returns them."""
+    """No descendant of `pid` has a secret in its environment; returns them.
+
+    A child forked but not yet running its own program still holds a copy of its parent's
+    environment and command line (seen under load): it is read once it has exec'd."""
     pids = wait_until(lambda: (found := descendants(pid)) and len(found) >= at_least and found)
+    started = Path(f"/proc/{pid}/cmdline").read_bytes()  # the user's command: its environment is theirs
     for child in pids:
-        try:
+        try:  # a copy of the started command that never execs would hold the secrets: it fails here
+            [cmdline] = wait_until(lambda c=child: [line] if (line := Path(f"/proc/{c}/cmdline").read_bytes())
+                                   != started else None, timeout=10)
             environ = Path(f"/proc/{child}/environ").read_bytes()
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
         except OSError:
             continue  # gone meanwhile
         assert_no_secret(f"/proc/{child}/environ ({cmdline!r})", environ.replace(b"\0", b"\n"))
