@@ -120,7 +120,7 @@ def _dead_letter(message_id: str, fields: list[bytes | None]) -> DeadLetter:
         returns=_count(returns),
         last_error=last_error.decode(errors="replace") if last_error else None,
         created_at_ms=_count(created_at),
-        died_at_ms=_count(updated_at) or _count(created_at),  # updated_at unstored is created_at
+        died_at_ms=_count(updated_at),
     )
 
 

@@ -104,12 +104,9 @@ for i = 0, count - 1 do
       outcome, detail, status = 'limited', wait, ''
     else
       -- Fields at their defaults are not stored (_message.lua: FIELD_DEFAULTS).
-      if content_type == DEFAULT_CONTENT_TYPE then
-        redis.call('HSET', prefix .. id, 'body', body, 'status', 'queued', 'created_at', now, 'sender', sender)
-      else
-        redis.call('HSET', prefix .. id, 'body', body, 'status', 'queued', 'created_at', now, 'sender', sender,
-          'content_type', content_type)
-      end
+      local key = prefix .. id
+      redis.call('HSET', key, 'body', body, 'status', 'queued', 'created_at', now, 'sender', sender)
+      if content_type ~= DEFAULT_CONTENT_TYPE then redis.call('HSET', key, 'content_type', content_type) end
       pushed[#pushed + 1] = id
       length = length + 1
       stored_now = stored_now + 1
