@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from ferry.queue import Limits, Queue
 from ferry.queue.connection import connect
 from ferry.queue.keys import Keys
-from ferry.queue.message import NewMessage, Status, new_message_id, now_ms
+from ferry.queue.message import NewMessage, Status, id_time_ms, new_message_id, now_ms
 
 
 @pytest.fixture
@@ -65,16 +65,18 @@ async def test_enqueue_then_claim_returns_body_and_first_attempt(queue: Queue) -
 
 
 async def test_a_queued_message_stores_no_field_at_its_default_and_reads_as_if_it_did(queue: Queue) -> None:
+    before = now_ms()
     json_one = NewMessage(new_message_id(), b'{"n": 1}', "application/json", sender="k1")
     csv_one = NewMessage(new_message_id(), b"a,b", "text/csv", sender="k1")
     await queue.enqueue([json_one, csv_one])
     stored = await queue.redis.hgetall(queue.keys.message(json_one.id))  # type: ignore[misc]
-    assert set(stored) == {b"body", b"status", b"created_at", b"sender"}  # no defaults: a tenth less memory
+    assert set(stored) == {b"body", b"sender"}  # no defaults, no status 'queued', no time: its id holds it
     assert (await queue.redis.hget(queue.keys.message(csv_one.id), "content_type")) == b"text/csv"  # type: ignore[misc]
 
     status = await queue.status(json_one.id)
     assert status is not None and (status.status, status.attempts, status.returns) == (Status.QUEUED, 0, 0)
-    assert status.updated_at_ms == status.created_at_ms > 0
+    assert status.updated_at_ms == status.created_at_ms == id_time_ms(json_one.id)
+    assert before <= status.created_at_ms <= now_ms()
     claimed = {m.id: m for m in await queue.claim("w1", 10, holder="test")}
     assert (claimed[json_one.id].content_type, claimed[json_one.id].attempt) == ("application/json", 1)
     assert claimed[json_one.id].created_at_ms == status.created_at_ms

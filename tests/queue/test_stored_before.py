@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ferry.queue import Queue
 from ferry.queue.connection import LISTPACK_VALUE_BYTES, check_server, connect
-from ferry.queue.message import NewMessage, Status, new_message_id
+from ferry.queue.message import NewMessage, Status, id_time_ms, new_message_id
 from tests.queue.test_queue import places
 from tests.support.servers import RedisProcess
 from tests.support.stored_before import SENDER, encodings, store_in_every_state
@@ -30,6 +30,7 @@ async def test_messages_stored_as_hashtables_are_delivered_replayed_and_reported
         for state, message_id in ids.items():  # each status reads as it was written
             found = await queue.status(message_id)
             assert found is not None and found.status == Status(state) and found.sender == SENDER, state
+            assert found.created_at_ms <= id_time_ms(message_id) - 5000, state  # the time stored, not the id's
         [dead] = await queue.dead_letters()
         assert (dead.id, dead.attempts, dead.last_error) == (ids["dead"], 1, "HTTP 422: refused")
 
@@ -41,6 +42,7 @@ async def test_messages_stored_as_hashtables_are_delivered_replayed_and_reported
         for message_id in claimed.keys() - {fresh.id}:
             assert claimed[message_id].body == before.bodies[message_id]
             assert claimed[message_id].content_type == before.content_types[message_id]
+            assert claimed[message_id].created_at_ms <= id_time_ms(message_id) - 5000
         assert [claimed[ids[s]].attempt for s in ("queued", "delivering", "retrying")] == [1, 2, 2]
         assert await queue.bury("w1", ids["queued"], "HTTP 410: gone", holder="test")
         assert await queue.ack("w1", [ids["delivering"], ids["retrying"], fresh.id], 60, holder="test") == 3

@@ -101,7 +101,7 @@ def _message(key: str = "") -> NewMessage:
 
 
 def _stored_on(node: Node, keys: Keys, message: NewMessage) -> bool:
-    return node.client(password=PASSWORD).hget(keys.message_prefix + message.id, "status") == b"queued"
+    return node.client(password=PASSWORD).hget(keys.message_prefix + message.id, "body") == message.body
 
 
 def test_a_strict_proxy_answers_202_once_the_queues_master_and_its_replica_fsynced(

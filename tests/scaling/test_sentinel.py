@@ -66,7 +66,7 @@ def test_a_client_left_on_a_demoted_master_reconnects_to_the_new_one(sentinel_se
 
             message = _message(b'{"after": "failover"}')
             assert (await queue.enqueue([message]))[0].outcome == "queued"
-            assert new.client(password=PASSWORD).hget(f"{{message_queue}}:msg:{message.id}", "status") == b"queued"
+            assert new.client(password=PASSWORD).hget(f"{{message_queue}}:msg:{message.id}", "body") == message.body
             assert _errorstat(old.client(password=PASSWORD), "READONLY") > refused_before, (
                 "the client never met the demoted master: this test did not test READONLY"
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,12 +23,14 @@ def new_message_id() -> str:
     return str(uuid_utils.uuid7())
 
 
+# A UUID's form, its first 12 hex digits caught: a UUIDv7's Unix time in ms (_message.lua's id_time).
+_UUID = re.compile(r"([0-9a-fA-F]{8})-([0-9a-fA-F]{4})-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]+")
+
+
 def id_time_ms(message_id: str) -> int:
     """When a message id was made: a UUIDv7 starts with its Unix time in ms (0 if not one)."""
-    try:
-        return int(message_id.replace("-", "")[:12], 16)
-    except ValueError:
-        return 0
+    found = _UUID.fullmatch(message_id)
+    return int(found[1] + found[2], 16) if found else 0
 
 
 def now_ms() -> int:
@@ -84,15 +87,17 @@ class MessageStatus:
             value = fields.get(name.encode())
             return int(value) if value is not None else None
 
+        # Not stored since 2026-12-02: the id's own time (stored earlier, it is the same).
+        created_at_ms = number("created_at") or id_time_ms(message_id)
         return cls(
             id=message_id,
-            status=Status(text("status") or ""),  # a hash without status is no message: ValueError
+            status=Status(text("status") or Status.QUEUED),  # a queued message stores none
             attempts=number("attempts") or 0,
             returns=number("returns") or 0,
             sender=text("sender"),
             last_error=text("last_error") or None,
-            created_at_ms=number("created_at") or 0,
-            updated_at_ms=number("updated_at") or number("created_at") or 0,  # not stored until it differs
+            created_at_ms=created_at_ms,
+            updated_at_ms=number("updated_at") or created_at_ms,  # not stored until it differs
             next_attempt_at_ms=number("next_attempt_at"),
             delivered_at_ms=number("delivered_at"),
         )

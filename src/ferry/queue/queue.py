@@ -119,7 +119,7 @@ def _dead_letter(message_id: str, fields: list[bytes | None]) -> DeadLetter:
         attempts=_count(attempts),
         returns=_count(returns),
         last_error=last_error.decode(errors="replace") if last_error else None,
-        created_at_ms=_count(created_at),
+        created_at_ms=_count(created_at) or id_time_ms(message_id),  # not stored since 2026-12-02
         died_at_ms=_count(updated_at),
     )
 

@@ -8,9 +8,11 @@ local MESSAGE_STATUSES = {queued = true, delivering = true, retrying = true, del
 -- Every field a message has but the body (which goes once delivered, and is only
 -- looked for: copying it into Lua would cost more than the rest of the check).
 local MESSAGE_FIELDS = {'status', 'content_type', 'attempts', 'returns', 'created_at', 'updated_at'}
--- A field that holds its default is not stored (enqueue writes none of these): about 80
--- bytes a queued message, a tenth of it (docs/storage.md, "Memory"). `updated_at`'s
--- default is `created_at`. `status` and `created_at` are always stored.
+-- A field that holds its default is not stored (enqueue writes only the body, the
+-- sender and a content type not at its default): the defaults alone were a tenth of a
+-- queued message (docs/storage.md, "Memory"). A message hash with no `status` is
+-- `queued`; `created_at` is the time in the message's id (a UUIDv7 starts with its Unix
+-- time in ms), `updated_at` is `created_at`.
 local DEFAULT_CONTENT_TYPE = 'application/json'
 local FIELD_DEFAULTS = {content_type = DEFAULT_CONTENT_TYPE, attempts = '0', returns = '0'}
 -- The same and the body, last: for a script that sends the body on (claim), one read.
@@ -30,39 +32,49 @@ local function call_chunked(command, key, values)
   end
 end
 
+-- When the message at `key` (the prefix, ending in a colon, then the id) was made: the
+-- Unix time in ms its UUIDv7 id starts with (its first 12 hex digits), as a string; '0'
+-- for an id that is none (as the Python side's `id_time_ms`).
+local function id_time(key)
+  local high, low = string.match(key, ':(%x%x%x%x%x%x%x%x)%-(%x%x%x%x)%-%x%x%x%x%-%x%x%x%x%-%x+$')
+  if not high then return '0' end
+  return string.format('%.0f', tonumber(high .. low, 16))
+end
+
 local function shown(value)
   return string.format('%q', string.sub(value, 1, 40))
 end
 
 -- nil, the message's status and its fields' values (MESSAGE_FIELDS' order, a field not
 -- stored given its default, the body last `with_body`) when the message at `key` can be
--- handled; else why not: 'gone' (no key at all), a key of another type, a field missing
--- that has no default, or one not what ferry writes there.
+-- handled; else why not: 'gone' (no key at all), a key of another type, the body
+-- missing, or a field not what ferry writes there.
 local function message_problem(key, with_body)
   -- pcall: a key of another type answers an error here instead of ending the script
   -- (and the usual case costs one call, not a TYPE first).
   local values = redis.pcall('HMGET', key, unpack(with_body and MESSAGE_FIELDS_AND_BODY or MESSAGE_FIELDS))
   if values['err'] then return 'the key holds a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash' end
+  local has_body = with_body and values[#MESSAGE_FIELDS_AND_BODY] ~= false
   local status = values[1]
-  if not status and redis.call('EXISTS', key) == 0 then return 'gone' end
-  if not status then return 'status is missing' end
+  if not status then
+    -- A queued message stores no status; a key that is not there is no message at all
+    -- (a body read says the key is there without asking: claim's usual case).
+    if not has_body and redis.call('EXISTS', key) == 0 then return 'gone' end
+    status = 'queued'
+    values[1] = status
+  end
   if not MESSAGE_STATUSES[status] then return 'status is ' .. shown(status) end
   for i = 2, #MESSAGE_FIELDS do
     local name = MESSAGE_FIELDS[i]
-    local value = values[i] or FIELD_DEFAULTS[name] or (name == 'updated_at' and values[CREATED_AT_SLOT])
-    if not value then return name .. ' is missing' end
+    local value = values[i] or FIELD_DEFAULTS[name] or (name == 'created_at' and id_time(key))
+      or values[CREATED_AT_SLOT] -- updated_at, checked after created_at
     if COUNT_FIELDS[name] and not (#value <= 15 and string.match(value, '^%d+$')) then
       return name .. ' is not a whole number: ' .. shown(value)
     end
     values[i] = value
   end
   if status ~= 'delivered' then
-    local has_body
-    if with_body then
-      has_body = values[#MESSAGE_FIELDS_AND_BODY] ~= false
-    else
-      has_body = redis.call('HEXISTS', key, 'body') == 1
-    end
+    if not with_body then has_body = redis.call('HEXISTS', key, 'body') == 1 end
     if not has_body then return 'body is missing' end
   end
   return nil, status, values
@@ -85,8 +97,6 @@ local function bury_corrupt(dead, key, id, problem, now)
     local value = redis.call('HGET', key, name)
     if value and not (string.match(value, '^%d+$') and #value <= 15) then
       redis.call('HSET', key, name, name == 'created_at' and now or 0)
-    elseif not value and name == 'created_at' then
-      redis.call('HSET', key, name, now)
     end
   end
   redis.call('HSET', key, 'status', 'dead', 'last_error', reason, 'updated_at', now)

@@ -18,7 +18,7 @@ local holds_lease = redis.call('GET', KEYS[2]) == ARGV[4]
 local recorded = 0
 
 local function settled_elsewhere(id, key)
-  local status = redis.call('HGET', key, 'status')
+  local status = redis.call('HGET', key, 'status') or 'queued' -- a queued message stores none
   if status == 'queued' then return redis.call('LREM', KEYS[3], -1, id) > 0 end
   if status == 'retrying' then return redis.call('ZREM', KEYS[4], id) > 0 end
   if status == 'dead' then return redis.call('ZREM', KEYS[5], id) > 0 end

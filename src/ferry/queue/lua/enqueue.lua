@@ -59,7 +59,7 @@ end
 local function status_of(id)
   local key = prefix .. id
   if redis.call('TYPE', key)['ok'] ~= 'hash' then return '' end
-  return redis.call('HGET', key, 'status') or ''
+  return redis.call('HGET', key, 'status') or 'queued' -- a queued message stores none
 end
 
 -- A call that answers from a copy stored earlier (a call retried after a lost connection,
@@ -105,7 +105,7 @@ for i = 0, count - 1 do
     else
       -- Fields at their defaults are not stored (_message.lua: FIELD_DEFAULTS).
       local key = prefix .. id
-      redis.call('HSET', key, 'body', body, 'status', 'queued', 'created_at', now, 'sender', sender)
+      redis.call('HSET', key, 'body', body, 'sender', sender)
       if content_type ~= DEFAULT_CONTENT_TYPE then redis.call('HSET', key, 'content_type', content_type) end
       pushed[#pushed + 1] = id
       length = length + 1
