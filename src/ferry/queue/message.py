@@ -23,7 +23,7 @@ def new_message_id() -> str:
     return str(uuid_utils.uuid7())
 
 
-# A UUID's form, its first 12 hex digits caught: a UUIDv7's Unix time in ms (_message.lua's id_time).
+# A UUID's form, its first 12 hex digits caught: a UUIDv7's Unix time in ms.
 _UUID = re.compile(r"([0-9a-fA-F]{8})-([0-9a-fA-F]{4})-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]+")
 
 

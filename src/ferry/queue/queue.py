@@ -343,17 +343,19 @@ class Queue:
         """The messages of a claim script's reply; `Fenced` for its refusal."""
         if reply == b"fenced":
             raise Fenced(worker_id)
-        return [
-            Message(
-                id=reply[i].decode(),
-                body=reply[i + 1],
-                content_type=(reply[i + 2] or b"application/octet-stream").decode(),
-                attempt=int(reply[i + 3]),
-                created_at_ms=int(reply[i + 4] or 0),
-                partition=self.partition,
-            )
-            for i in range(0, len(reply), 5)
-        ]
+        return [self._message(*reply[i : i + 5]) for i in range(0, len(reply), 5)]
+
+    def _message(self, raw_id: bytes, body: bytes, content_type: bytes, attempt: int, created_at: bytes | None
+                 ) -> Message:
+        message_id = raw_id.decode()
+        return Message(
+            id=message_id,
+            body=body,
+            content_type=content_type.decode(),
+            attempt=int(attempt),
+            created_at_ms=int(created_at) if created_at else id_time_ms(message_id),  # not stored since 2026-12-02
+            partition=self.partition,
+        )
 
     async def ack(
         self, worker_id: str, message_ids: Sequence[str], status_ttl_seconds: int, *, holder: str

@@ -11,8 +11,9 @@ local MESSAGE_FIELDS = {'status', 'content_type', 'attempts', 'returns', 'create
 -- A field that holds its default is not stored (enqueue writes only the body, the
 -- sender and a content type not at its default): the defaults alone were a tenth of a
 -- queued message (docs/storage.md, "Memory"). A message hash with no `status` is
--- `queued`; `created_at` is the time in the message's id (a UUIDv7 starts with its Unix
--- time in ms), `updated_at` is `created_at`.
+-- `queued`; with no `created_at`, it was made when its id says (a UUIDv7 starts with its
+-- Unix time in ms: the Python side reads it, `id_time_ms`), and `updated_at` is
+-- `created_at`.
 local DEFAULT_CONTENT_TYPE = 'application/json'
 local FIELD_DEFAULTS = {content_type = DEFAULT_CONTENT_TYPE, attempts = '0', returns = '0'}
 -- The same and the body, last: for a script that sends the body on (claim), one read.
@@ -30,15 +31,6 @@ local function call_chunked(command, key, values)
   for first = 1, #values, CALL_CHUNK do
     redis.call(command, key, unpack(values, first, math.min(first + CALL_CHUNK - 1, #values)))
   end
-end
-
--- When the message at `key` (the prefix, ending in a colon, then the id) was made: the
--- Unix time in ms its UUIDv7 id starts with (its first 12 hex digits), as a string; '0'
--- for an id that is none (as the Python side's `id_time_ms`).
-local function id_time(key)
-  local high, low = string.match(key, ':(%x%x%x%x%x%x%x%x)%-(%x%x%x%x)%-%x%x%x%x%-%x%x%x%x%-%x+$')
-  if not high then return '0' end
-  return string.format('%.0f', tonumber(high .. low, 16))
 end
 
 local function shown(value)
@@ -66,9 +58,9 @@ local function message_problem(key, with_body)
   if not MESSAGE_STATUSES[status] then return 'status is ' .. shown(status) end
   for i = 2, #MESSAGE_FIELDS do
     local name = MESSAGE_FIELDS[i]
-    local value = values[i] or FIELD_DEFAULTS[name] or (name == 'created_at' and id_time(key))
-      or values[CREATED_AT_SLOT] -- updated_at, checked after created_at
-    if COUNT_FIELDS[name] and not (#value <= 15 and string.match(value, '^%d+$')) then
+    -- false, never nil, for a field with no value: claim's reply keeps its places
+    local value = values[i] or FIELD_DEFAULTS[name] or (name == 'updated_at' and values[CREATED_AT_SLOT])
+    if value and COUNT_FIELDS[name] and not (#value <= 15 and string.match(value, '^%d+$')) then
       return name .. ' is not a whole number: ' .. shown(value)
     end
     values[i] = value

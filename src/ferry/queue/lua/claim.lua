@@ -12,7 +12,7 @@
 -- KEYS[1] queue, KEYS[2] in-flight set of this worker, KEYS[3] dead letters,
 -- KEYS[4] heartbeat of this worker
 -- ARGV: message prefix, now (ms), limit, worker id, lease holder
--- Returns flat: id, body, content type, attempt, created_at; per message; or
+-- Returns flat: id, body, content type, attempt, created_at (false: the id's time); per message; or
 -- 'fenced' when this holder does not hold the lease.
 local queue, in_flight, dead = KEYS[1], KEYS[2], KEYS[3]
 local prefix, now, limit, worker = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
