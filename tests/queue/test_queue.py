@@ -84,6 +84,13 @@ async def test_a_queued_message_stores_no_field_at_its_default_and_reads_as_if_i
     assert (await queue.status(json_one.id)).attempts == 1  # type: ignore[union-attr]
 
 
+def test_an_id_says_when_it_was_made_and_one_of_another_form_says_0() -> None:
+    before = now_ms()
+    assert before <= id_time_ms(new_message_id()) <= now_ms()
+    for other in ["m1", "", "01a236d4-c172", "zzzzzzzz-zzzz-7zzz-8zzz-zzzzzzzzzzzz"]:
+        assert id_time_ms(other) == 0, other
+
+
 async def test_claim_is_first_in_first_out_and_bounded_by_limit(queue: Queue) -> None:
     sent = messages(5)
     await queue.enqueue(sent)

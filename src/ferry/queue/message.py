@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,14 +22,15 @@ def new_message_id() -> str:
     return str(uuid_utils.uuid7())
 
 
-# A UUID's form, its first 12 hex digits caught: a UUIDv7's Unix time in ms.
-_UUID = re.compile(r"([0-9a-fA-F]{8})-([0-9a-fA-F]{4})-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]+")
-
-
 def id_time_ms(message_id: str) -> int:
-    """When a message id was made: a UUIDv7 starts with its Unix time in ms (0 if not one)."""
-    found = _UUID.fullmatch(message_id)
-    return int(found[1] + found[2], 16) if found else 0
+    """When a message id was made: a UUIDv7 starts with its Unix time in ms (0 if not one).
+    Read for every message claimed: slices, not a regular expression (half the time)."""
+    if message_id[8:9] != "-" or message_id[13:14] != "-":
+        return 0
+    try:
+        return int(message_id[:8] + message_id[9:13], 16)
+    except ValueError:
+        return 0
 
 
 def now_ms() -> int:
