@@ -87,7 +87,7 @@ class MessageStatus:
             value = fields.get(name.encode())
             return int(value) if value is not None else None
 
-        # Not stored since 2026-12-02: the id's own time (stored earlier, it is the same).
+        # Not stored since 2026-12-02: the id's time. One an older ferry stored wins.
         created_at_ms = number("created_at") or id_time_ms(message_id)
         return cls(
             id=message_id,

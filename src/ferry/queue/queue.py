@@ -345,8 +345,9 @@ class Queue:
             raise Fenced(worker_id)
         return [self._message(*reply[i : i + 5]) for i in range(0, len(reply), 5)]
 
-    def _message(self, raw_id: bytes, body: bytes, content_type: bytes, attempt: int, created_at: bytes | None
-                 ) -> Message:
+    def _message(
+        self, raw_id: bytes, body: bytes, content_type: bytes, attempt: int, created_at: bytes | None
+    ) -> Message:
         message_id = raw_id.decode()
         return Message(
             id=message_id,
