@@ -54,3 +54,13 @@ def test_quick_cost_run_measures_the_bare_client_beside_the_worker_in_the_same_r
     report = (tmp_path / "benchmarks.md").read_text()
     assert "| rate/s | worker CPU µs/msg | bare client µs/msg | foreign load |" in report
     assert "| draining a backlog of 500 (concurrency 16) |" in report
+
+
+def test_a_figure_beside_its_target_never_reads_as_the_other_side_of_it() -> None:
+    from bench.report import fmt_judged
+
+    assert fmt_judged(4.998, 1, lambda x: x >= 5) == "4.998"  # not "5.0 ... not met"
+    assert fmt_judged(0.996, 2, lambda x: x >= 1) == "0.996"
+    assert fmt_judged(200.4, 0, lambda x: x <= 200) == "200.4"
+    assert fmt_judged(7.06, 1, lambda x: x >= 5) == "7.1"  # far from the line: as many places as asked
+    assert fmt_judged(None, 1, lambda x: x < 10) == "-"
