@@ -117,11 +117,13 @@ def _row(results: dict[str, Any], kind: str, **match: Any) -> dict[str, Any] | N
     return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
 
 
-def _target(results: dict[str, Any], kind: str, name: str, figure: float | None, shown: str,
-            met: bool | None) -> list[str]:
+def _target(results: dict[str, Any], kind: str, name: str, figure: float | None, digits: int,
+            met: Callable[[float], bool], shown: str = "{}") -> list[str]:
+    """A row of the targets table: `shown` with the figure in its braces, and the verdict."""
     command = _without_note(results.get(kind, {}).get("command", "-"))
-    verdict = "-" if figure is None or figure != figure else ("met" if met else "not met")
-    return [name, shown if figure is not None and figure == figure else "not measured", f"`{command}`", verdict]
+    if figure is None or figure != figure:
+        return [name, "not measured", f"`{command}`", "-"]
+    return [name, shown.format(fmt_judged(figure, digits, met)), f"`{command}`", "met" if met(figure) else "not met"]
 
 
 def _without_note(command: str) -> str:
@@ -149,42 +151,32 @@ def targets_section(results: dict[str, Any]) -> str:
             continue
         for name, base, goal in ((f"one worker >= the bare aiohttp loop, concurrency {c}", aiohttp, 1.0),
                                  (f"one worker >= 0.6 of the bare pyreqwest loop (its client's), concurrency {c}", reqwest, 0.6)):
-            ratio = ferry["rate"] / base["rate"] if base else None
-            rows.append(_target(results, "delivery", name, ratio,
-                                f"{fmt_judged(ratio, 2, lambda x, goal=goal: x >= goal)} ({fmt(ferry['rate'])}/s)",
-                                ratio is not None and ratio >= goal))
+            rows.append(_target(results, "delivery", name, ferry["rate"] / base["rate"] if base else None, 2,
+                                lambda x, goal=goal: x >= goal, f"{{}} ({fmt(ferry['rate'])}/s)"))
         if peers:
             best = max(peers, key=lambda r: r["rate"])
-            ratio = ferry["rate"] / best["rate"]
             rows.append(_target(results, "delivery", f"one worker >= 5 times the fastest peer, concurrency {c}",
-                                ratio, f"{fmt_judged(ratio, 1, lambda x: x >= 5)} times {best['system']}", ratio >= 5))
+                                ferry["rate"] / best["rate"], 1, lambda x: x >= 5, f"{{}} times {best['system']}"))
     for r in results.get("ingest", {}).get("rows", []):
         if r["scheme"] == "https":
             rows.append(_target(results, "ingest", f"ingest >= 2 times the bare LPUSH route over HTTPS, {r['processes']} process(es)",
-                                r["ratio"], f"{fmt_judged(r['ratio'], 2, lambda x: x >= 2)} ({fmt(r['ferry_rps'])} req/s)",
-                                r["ratio"] >= 2))
+                                r["ratio"], 2, lambda x: x >= 2, f"{{}} ({fmt(r['ferry_rps'])} req/s)"))
     light, drain = _row(results, "cost", rate=500.0), drain_figure(results)
     ratio = light["cpu_us_per_message"] / drain if light and drain else None
-    shown = (f"{fmt_judged(ratio, 2, lambda x: x <= 1.5)} "
-             f"({fmt(light['cpu_us_per_message']) if light else '-'} µs against {fmt(drain)})")
+    shown = f"{{}} ({fmt(light['cpu_us_per_message']) if light else '-'} µs against {fmt(drain)})"
     bare, bare_drain = (light or {}).get("bare_cpu_us_per_message"), drain_figure(results, "bare drain")
     if bare and bare_drain:
         shown += f"; the bare client alone: {fmt(bare / bare_drain, 2)} ({fmt(bare)} µs against {fmt(bare_drain)})"
     rows.append(_target(results, "cost", "worker CPU per message at 500/s <= 1.5 times draining a backlog", ratio,
-                        shown, ratio is not None and ratio <= 1.5))
+                        2, lambda x: x <= 1.5, shown))
     e2e = _row(results, "end_to_end", rate=500.0)
-    p99 = e2e["p99_ms"] if e2e else None
-    rows.append(_target(results, "end_to_end", "end to end p99 < 10 ms at 500/s", p99,
-                        f"{fmt_judged(p99, 1, lambda x: x < 10)} ms",
-                        p99 is not None and p99 < 10))
-    idle = results.get("cost", {}).get("idle", {}).get("worker")
-    rows.append(_target(results, "cost", "an idle worker < 1 % of a core", idle,
-                        f"{fmt_judged(idle, 2, lambda x: x < 1)} %",
-                        idle is not None and idle < 1))
+    rows.append(_target(results, "end_to_end", "end to end p99 < 10 ms at 500/s", e2e["p99_ms"] if e2e else None,
+                        1, lambda x: x < 10, "{} ms"))
+    rows.append(_target(results, "cost", "an idle worker < 1 % of a core",
+                        results.get("cost", {}).get("idle", {}).get("worker"), 2, lambda x: x < 1, "{} %"))
     queued = results.get("memory", {}).get("queued")
-    over = queued - 500 if queued is not None else None
-    rows.append(_target(results, "memory", "Redis memory per queued message <= the body + 200 bytes", over,
-                        f"body + {fmt_judged(over, 0, lambda x: x <= 200)} bytes", over is not None and over <= 200))
+    rows.append(_target(results, "memory", "Redis memory per queued message <= the body + 200 bytes",
+                        queued - 500 if queued is not None else None, 0, lambda x: x <= 200, "body + {} bytes"))
     return ("## Targets (issue 14)\n\nEach target against this page's figures, from the run that "
             "measured them (a figure of a run on a loaded machine says less than a ratio within "
             "one run: the load is given beside each table).\n\n"

@@ -53,7 +53,6 @@ local function message_problem(key, with_body)
     -- (a body read says the key is there without asking: claim's usual case).
     if not has_body and redis.call('EXISTS', key) == 0 then return 'gone' end
     status = 'queued'
-    values[1] = status
   end
   if not MESSAGE_STATUSES[status] then return 'status is ' .. shown(status) end
   for i = 2, #MESSAGE_FIELDS do
