@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from ferry.deploy import kubernetes
+from ferry.queue.keys import partition_names
 from ferry.settings import load_settings
 
 KUBERNETES_VERSION = "1.30.0"
@@ -29,7 +30,25 @@ KEDA_SCHEMAS: dict[str, dict[str, Any]] = {
             "maxReplicaCount": _INT,
             "pollingInterval": _INT,
             "cooldownPeriod": _INT,
-            "advanced": {"type": "object", "properties": {"horizontalPodAutoscalerConfig": {"type": "object"}}},
+            "advanced": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "horizontalPodAutoscalerConfig": {"type": "object"},
+                    # As KEDA's CRD (config/crd/bases/keda.sh_scaledobjects.yaml) has them.
+                    "scalingModifiers": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["formula", "target"],  # KEDA's webhook: a formula needs a target
+                        "properties": {
+                            "formula": {"type": "string"},
+                            "target": {"type": "string"},
+                            "activationTarget": {"type": "string"},
+                            "metricType": {"enum": ["AverageValue", "Value"]},
+                        },
+                    },
+                },
+            },
             "triggers": {
                 "type": "array",
                 "minItems": 1,
@@ -65,8 +84,8 @@ KEDA_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
-def documents() -> list[dict[str, Any]]:
-    text = kubernetes.render(kubernetes.Cluster(), load_settings())
+def documents(**settings: Any) -> list[dict[str, Any]]:
+    text = kubernetes.render(kubernetes.Cluster(), load_settings(**settings))
     return list(yaml.safe_load_all(text))
 
 
@@ -99,6 +118,21 @@ def test_keda_scales_the_workers_on_the_guides_queue_and_threshold() -> None:
     assert scaled["spec"]["scaleTargetRef"]["name"] == "ferry-worker"
     (trigger,) = scaled["spec"]["triggers"]
     assert (trigger["type"], trigger["metadata"]) == ("redis", {"listName": "message_queue", "listLength": "1000"})
+    assert "scalingModifiers" not in scaled["spec"]["advanced"]
+
+
+def test_keda_sums_the_backlog_of_every_partition() -> None:
+    """KEDA alone would take the largest trigger's replicas: a quarter of a backlog spread
+    evenly over 4 partitions. The formula must add every partition's list, once each."""
+    scaled = next(doc for doc in documents(partitions=4) if doc["kind"] == "ScaledObject")
+    validate(scaled)
+    triggers = scaled["spec"]["triggers"]
+    assert [trigger["metadata"]["listName"] for trigger in triggers] == list(partition_names("message_queue", 4))
+    modifiers = scaled["spec"]["advanced"]["scalingModifiers"]
+    assert (modifiers["target"], modifiers["metricType"]) == ("1000", "AverageValue")
+    lengths = {trigger["name"]: 1000 * (index + 1) for index, trigger in enumerate(triggers)}
+    # KEDA's expr language and Python agree on a sum of names; an unknown name raises here too.
+    assert eval(modifiers["formula"], {"__builtins__": {}}, lengths) == sum(lengths.values())
 
 
 def test_each_worker_pod_is_its_own_worker_id_and_settings_go_by_their_names() -> None:

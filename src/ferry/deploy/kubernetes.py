@@ -16,7 +16,7 @@ from typing import Any
 from ferry import __version__
 from ferry.deploy.prometheus import QUEUE_BACKLOG
 from ferry.deploy.text import yaml_text
-from ferry.queue.keys import Keys
+from ferry.queue.keys import Keys, partition_names
 from ferry.settings import Settings, env_name
 
 SECRET = "ferry-secrets"
@@ -154,7 +154,32 @@ def trigger_authentication(cluster: Cluster) -> dict[str, Any]:
 
 
 def scaled_object(cluster: Cluster, settings: Settings) -> dict[str, Any]:
-    """KEDA's Redis list scaler on message_queue: one worker per QUEUE_BACKLOG queued."""
+    """KEDA's Redis list scaler on message_queue: one worker per QUEUE_BACKLOG queued.
+
+    With partitions, one trigger per partition's list and KEDA's scaling modifiers summing
+    them: KEDA alone takes the largest trigger's replicas, which would size the pool for
+    one partition's share of the backlog.
+    """
+    queues = partition_names(Keys().queue, settings.partitions)
+    names = [f"p{index}" for index in range(len(queues))]  # the formula's variables
+    triggers = [
+        {
+            "type": "redis",
+            **({"name": name} if len(queues) > 1 else {}),
+            "metadata": {"listName": queue, "listLength": str(QUEUE_BACKLOG)},
+            "authenticationRef": {"name": "ferry-redis"},
+        }
+        for name, queue in zip(names, queues, strict=True)
+    ]
+    advanced: dict[str, Any] = {
+        "horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {"stabilizationWindowSeconds": 60}}}
+    }
+    if len(queues) > 1:
+        advanced["scalingModifiers"] = {
+            "formula": " + ".join(names),
+            "target": str(QUEUE_BACKLOG),
+            "metricType": "AverageValue",
+        }
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
@@ -165,18 +190,8 @@ def scaled_object(cluster: Cluster, settings: Settings) -> dict[str, Any]:
             "maxReplicaCount": cluster.max_workers,
             "pollingInterval": 15,
             "cooldownPeriod": 60,  # ferry's own autoscaler scales down after 60 s empty, too
-            "advanced": {
-                "horizontalPodAutoscalerConfig": {
-                    "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60}}
-                }
-            },
-            "triggers": [
-                {
-                    "type": "redis",
-                    "metadata": {"listName": Keys().queue, "listLength": str(QUEUE_BACKLOG)},
-                    "authenticationRef": {"name": "ferry-redis"},
-                }
-            ],
+            "advanced": advanced,
+            "triggers": triggers,
         },
     }
 
