@@ -118,6 +118,7 @@ async def test_a_2xx_is_delivered_with_ferrys_headers_and_the_exact_body(setup: 
     [
         ("201 Created", (), Verdict.DELIVERED, None),
         ("204 No Content", (), Verdict.DELIVERED, None),
+        ("202 Accepted", ("Retry-After: 30",), Verdict.DELIVERED, None),  # a 2xx's Retry-After is nothing
         ("404 Not Found", (), Verdict.PERMANENT, None),
         ("422 Unprocessable Entity", (), Verdict.PERMANENT, None),
         ("429 Too Many Requests", ("Retry-After: 7",), Verdict.RETRY, 7.0),

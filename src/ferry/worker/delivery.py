@@ -162,7 +162,9 @@ class AiohttpClient:
     async def post(self, body: bytes, headers: dict[str, str]) -> Answer:
         try:
             async with self._session.post(self.url, data=body, headers=headers, allow_redirects=False) as response:
-                excerpt = await response.content.read(ERROR_BODY_BYTES) if response.status >= 300 else b""
+                if response.status < 300:  # as pyreqwest's: what a 2xx says besides its status is not read
+                    return Answer(response.status, None, b"")
+                excerpt = await response.content.read(ERROR_BODY_BYTES)
                 return Answer(response.status, response.headers.get("Retry-After"), excerpt)
         except asyncio.TimeoutError as error:
             raise PostTimedOut() from error
