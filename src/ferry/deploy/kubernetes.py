@@ -165,7 +165,7 @@ def scaled_object(cluster: Cluster, settings: Settings) -> dict[str, Any]:
     triggers = [
         {
             "type": "redis",
-            **({"name": name} if len(queues) > 1 else {}),
+            "name": name,
             "metadata": {"listName": queue, "listLength": str(QUEUE_BACKLOG)},
             "authenticationRef": {"name": "ferry-redis"},
         }
